@@ -1,0 +1,243 @@
+"""Typed, frozen settings: the tree of dataclasses one YAML file becomes.
+
+Each field states its unit and where its default comes from. Loading and validation (every error with
+its key path, all at once, "did you mean" for unknown keys) are in :mod:`fedproxy.configload`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .model import BackendChoice, ServiceKey, empty_map
+
+Algorithm = Literal["round_robin", "least_request", "random", "hash"]
+HashOn = Literal["source_ip", "header", "cookie"]
+DnsPolicy = Literal["local_first", "locality", "spread"]
+DnsAnswer = Literal["cluster", "proxy"]
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str  # a DNS label, unique
+    kubeconfig: str = ""  # path; "" with in_cluster or for a member discovered through karmada
+    context: str = ""  # kubeconfig context; "" = the file's current-context
+    in_cluster: bool = False  # use the pod's service account
+    region: str = ""
+    zone: str = ""
+    weight: int = 1  # relative share inside a locality tier; 0 = no new traffic
+    local: bool = False  # the member this proxy runs in; at most one
+    pods_reachable: bool | None = None  # None: True for the local member, False otherwise
+    capacity: int | None = None  # declared capacity for spill (default: healthy endpoint count)
+
+    @property
+    def reaches_pods(self) -> bool:
+        return self.local if self.pods_reachable is None else self.pods_reachable
+
+
+@dataclass(frozen=True)
+class KarmadaConfig:
+    kubeconfig: str
+    context: str = ""
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    grace_period: float = 10.0  # s without a healthy watch before a member is disconnected (issue 3)
+    debounce: float = 0.02  # s to gather watch events into one catalog rebuild (keeps <100 ms latency)
+    backoff_base: float = 0.5  # s, first retry delay after a watch error; doubles, jittered
+    backoff_max: float = 30.0  # s, retry delay cap
+    watch_timeout: int = 300  # s, timeoutSeconds asked of the API server per watch request
+    request_timeout: float = 10.0  # s, per list request and per read on a watch stream
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    mode: Literal["serviceexport", "label"] = "serviceexport"
+    selector: str = ""  # label selector when mode is "label" (the Karmada + Pipy setup used app=flask)
+
+
+@dataclass(frozen=True)
+class ClustersetConfig:
+    domain: str = "clusterset.local"
+    export: ExportConfig = ExportConfig()
+
+
+@dataclass(frozen=True)
+class NodePortConfig:
+    node_selector: str = ""  # label selector; "" = every Ready node
+    address_type: str = "InternalIP"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0  # s, Envoy's connect_timeout default
+    response_header: float = 15.0  # s, Envoy's route timeout default
+    idle: float = 60.0  # s an idle upstream or downstream keep-alive connection is kept
+    total: float = 0.0  # s for the whole request, 0 = none
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 1  # retries after the first try (BALANCING.md: one by default)
+    on: tuple[str, ...] = ("connect-failure", "refused", "reset")  # add "5xx", "gateway-error" to opt in
+    backoff_base: float = 0.025  # s, Envoy's 25 ms
+    backoff_max: float = 0.25  # s, Envoy's 250 ms
+
+
+@dataclass(frozen=True)
+class HashConfig:
+    on: HashOn = "source_ip"
+    name: str = ""  # header or cookie name when on is header/cookie
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    service: ServiceKey
+    host: str = ""  # "" = any; exact or "*.example.com"
+    path_prefix: str = "/"
+    service_port: str | int | None = None  # None: the service's only port
+    backend: BackendChoice = "auto"
+    headers: Mapping[str, str] = field(
+        default_factory=empty_map
+    )  # request header matches that select this route (all must match)
+    cookies: Mapping[str, str] = field(default_factory=empty_map)  # cookie matches that select this route
+    clusters: Mapping[str, int] = field(
+        default_factory=empty_map
+    )  # per-route cluster weight overrides (traffic shifting)
+    pin_header: str = "x-fedproxy-cluster"  # a request header naming one member pins the request to it
+    timeouts: Timeouts = Timeouts()
+    retries: RetryPolicy = RetryPolicy()
+    hash: HashConfig | None = None  # sticky sessions; overrides balancing.hash for this route
+
+
+@dataclass(frozen=True)
+class HttpListener:
+    port: int
+    address: str = "0.0.0.0"
+    name: str = ""  # "" -> "http-<port>"
+    routes: tuple[HttpRoute, ...] = ()
+    max_header_bytes: int = 65536  # larger request heads get 431
+    request_head_timeout: float = 10.0  # s a client has to send a request head (slowloris bound)
+    drain_timeout: float = 30.0  # s in-flight requests get on reload/shutdown
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listeners: tuple[HttpListener, ...] = ()
+    access_log: Literal["off", "logfmt", "json"] = "logfmt"
+
+
+@dataclass(frozen=True)
+class TcpListener:
+    port: int
+    service: ServiceKey
+    address: str = "0.0.0.0"
+    name: str = ""  # "" -> "tcp-<port>"
+    service_port: str | int | None = None
+    backend: BackendChoice = "auto"
+    connect_timeout: float = 5.0  # s, Envoy's connect_timeout default
+    connect_attempts: int = 3  # upstream connect tries per client connection
+    idle_timeout: float = 3600.0  # s, Envoy's tcp_proxy idle_timeout default (1 h)
+    max_connections: int = 10000  # 0 = unlimited
+    on_max_connections: Literal["close", "backlog"] = "close"
+    proxy_protocol: Literal["", "v1", "v2"] = ""
+    hash_source_ip: bool = False
+    drain_timeout: float = 30.0  # s open connections get on reload/shutdown
+
+
+@dataclass(frozen=True)
+class TcpConfig:
+    listeners: tuple[TcpListener, ...] = ()
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    enabled: bool = True
+    address: str = "0.0.0.0"
+    port: int = 53
+    ttl: int = 5  # s, Lighthouse's answer TTL
+    negative_ttl: int = 5  # s, SOA minimum in negative answers
+    policy: DnsPolicy = "local_first"  # Lighthouse's default behaviour
+    locality: bool = False  # shorthand for policy "locality"
+    cluster_prefix: bool = True  # answer <cluster>.<svc>.<ns>.svc.<domain> (Lighthouse); False = strict spec
+    answer: DnsAnswer = "cluster"  # "proxy": answer fedproxy's own listener for services it fronts
+    advertise_address: str = ""  # what "proxy" answers; "" = the listener's address
+    backend: BackendChoice = "clusterip"  # which address a member contributes (MCS: ClusterIP)
+    forward: tuple[str, ...] = ()  # upstream resolvers for names outside the domain; () = REFUSED
+    max_udp_payload: int = 1232  # bytes, the DNS flag day 2020 EDNS buffer size
+
+
+@dataclass(frozen=True)
+class OverridesConfig:
+    configmap: ServiceKey  # namespace/name of the ConfigMap holding drains and weights
+    cluster: str  # the member whose API holds it
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    address: str = "127.0.0.1"
+    port: int = 9901
+    token: str = field(default="", repr=False)
+    token_file: str = ""
+    overrides: OverridesConfig | None = None
+    drain_timeout: float = 30.0  # s, listeners drain on SIGTERM
+
+
+@dataclass(frozen=True)
+class OutlierConfig:
+    consecutive_failures: int = 5  # 5xx / connect failures in a row that eject (Envoy consecutive_5xx)
+    base_ejection_time: float = 30.0  # s, x times ejected in a row (Envoy)
+    max_ejection_time: float = 300.0  # s (Envoy)
+    max_ejection_percent: int = 10  # % of a pool that may be ejected, at least one endpoint (Envoy)
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    path: str = "/healthz"  # HTTP path; "" = TCP connect check
+    interval: float = 2.0  # s (HAProxy inter)
+    timeout: float = 1.0  # s
+    rise: int = 2  # successes to come up (HAProxy)
+    fall: int = 3  # failures to go down (HAProxy)
+
+
+@dataclass(frozen=True)
+class BalancingConfig:
+    algorithm: Algorithm = "round_robin"
+    hash: HashConfig = HashConfig()
+    locality: tuple[str, ...] = ("local", "zone", "region", "any")
+    overprovisioning: float = 1.4  # Envoy's overprovisioning factor
+    panic_threshold: float = 50.0  # % healthy below which a tier balances over all its endpoints (Envoy)
+    fail_on_panic: bool = False  # 503 instead of panic routing
+    slow_start: float = 0.0  # s over which a new or readmitted endpoint ramps from 10 % to full weight
+    outlier: OutlierConfig = OutlierConfig()
+    health_checks: Mapping[ServiceKey, HealthCheckConfig] = field(default_factory=empty_map)
+
+
+@dataclass(frozen=True)
+class Config:
+    clusters: tuple[ClusterConfig, ...] = ()
+    karmada: KarmadaConfig | None = None
+    discovery: DiscoveryConfig = DiscoveryConfig()
+    clusterset: ClustersetConfig = ClustersetConfig()
+    nodeports: NodePortConfig = NodePortConfig()
+    http: HttpConfig = HttpConfig()
+    tcp: TcpConfig = TcpConfig()
+    dns: DnsConfig = DnsConfig()
+    admin: AdminConfig = AdminConfig()
+    balancing: BalancingConfig = BalancingConfig()
+    source: str = field(default="", compare=False)  # the file it was loaded from
+
+    def cluster(self, name: str) -> ClusterConfig | None:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        return None
+
+    @property
+    def local_cluster(self) -> str:
+        for c in self.clusters:
+            if c.local:
+                return c.name
+        return ""

@@ -27,7 +27,7 @@ from fedproxy.sim.selectors import FieldSelector, Selector
 from fedproxy.sim.store import Expired, ObjectStore, StoreEvent, project_event
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: sessions live in a set
 class WatchSession:
     """One open watch stream; `closed` is set by the hub to end it (cleanly or after an abort)."""
 

@@ -1,0 +1,76 @@
+"""The serving state: one immutable value the listeners read through a single reference (pure).
+
+``build_state`` turns (config, catalog, health, overrides, now) into every pool a route or TCP listener
+needs. The runtime swaps the reference when any input changes; a request keeps the state (and so the pool)
+it started with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..catalog import Catalog
+from ..config import Config, HashConfig, HttpRoute, TcpListener
+from ..model import empty_map
+from .pool import NO_HEALTH, NO_OVERRIDES, HealthView, Overrides, Pool, PoolSpec, build_pool
+
+
+def route_spec(route: HttpRoute, config: Config) -> PoolSpec:
+    algorithm = "hash" if route.hash is not None else config.balancing.algorithm
+    return PoolSpec(
+        service=route.service,
+        port=route.service_port,
+        backend=route.backend,
+        cluster_weights=tuple(sorted(route.clusters.items())),
+        algorithm=algorithm,
+        hash=route.hash or (config.balancing.hash if algorithm == "hash" else None),
+    )
+
+
+def tcp_spec(listener: TcpListener, config: Config) -> PoolSpec:
+    algorithm = "hash" if listener.hash_source_ip else config.balancing.algorithm
+    # A TCP listener can only hash on the source IP: there are no headers or cookies at L4.
+    hash_cfg = HashConfig(on="source_ip") if algorithm == "hash" else None
+    return PoolSpec(
+        service=listener.service,
+        port=listener.service_port,
+        backend=listener.backend,
+        algorithm=algorithm,
+        hash=hash_cfg,
+    )
+
+
+def pool_specs(config: Config) -> list[PoolSpec]:
+    specs = [route_spec(r, config) for lst in config.http.listeners for r in lst.routes]
+    specs += [tcp_spec(lst, config) for lst in config.tcp.listeners]
+    return list(dict.fromkeys(specs))
+
+
+@dataclass(frozen=True)
+class ServingState:
+    version: int
+    config: Config
+    catalog: Catalog
+    health: HealthView = NO_HEALTH
+    overrides: Overrides = NO_OVERRIDES
+    pools: Mapping[PoolSpec, Pool] = field(default_factory=empty_map)
+
+    def pool(self, spec: PoolSpec) -> Pool:
+        """The pool for ``spec`` (built with the state; an unknown spec gets an empty pool with a reason)."""
+        pool = self.pools.get(spec)
+        if pool is None:
+            return Pool(spec, (), reason=f"no pool for {spec.service}")
+        return pool
+
+
+def build_state(
+    config: Config,
+    catalog: Catalog,
+    health: HealthView = NO_HEALTH,
+    overrides: Overrides = NO_OVERRIDES,
+    now: float = 0.0,
+    version: int = 0,
+) -> ServingState:
+    pools = {spec: build_pool(spec, catalog, config.balancing, health, overrides, now) for spec in pool_specs(config)}
+    return ServingState(version, config, catalog, health, overrides, pools)

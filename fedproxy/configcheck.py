@@ -1,0 +1,411 @@
+"""Semantic checks of the settings tree: pure, no I/O.
+
+Two kinds, both returning messages rather than raising, so that :mod:`fedproxy.configload` can report
+every problem of a file at once:
+
+- ``FIELD_CHECKS``: per (dataclass, field) checks of one converted value (ranges, formats), run by the
+  loader's walker as it builds each object, so the message carries the exact key path;
+- :func:`check_config`: rules across fields and sections (unique names and sockets, references to
+  clusters, admin authentication), run on the whole tree once it is built.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from .config import (
+    AdminConfig,
+    BalancingConfig,
+    ClusterConfig,
+    ClustersetConfig,
+    Config,
+    DiscoveryConfig,
+    DnsConfig,
+    ExportConfig,
+    HashConfig,
+    HealthCheckConfig,
+    HttpListener,
+    HttpRoute,
+    KarmadaConfig,
+    NodePortConfig,
+    OutlierConfig,
+    RetryPolicy,
+    TcpListener,
+    Timeouts,
+)
+
+Check = Callable[[Any], "str | None"]
+
+RETRY_ON = ("connect-failure", "refused", "reset", "5xx", "gateway-error", "retriable-status")
+LOCALITY_LEVELS = ("local", "zone", "region", "any")
+NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")  # the NodeAddressType values that carry an IP
+WILDCARDS = ("0.0.0.0", "::")
+
+_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
+_DNS_LABEL_RE = re.compile(rf"^{_LABEL}$")
+_DOMAIN_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$", re.IGNORECASE)
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token (header names)
+# Label keys and values per k8s.io/apimachinery validation: [prefix/]name, name <= 63 chars.
+_LABEL_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = rf"(?:{_LABEL}(?:\.{_LABEL})*/)?{_LABEL_NAME}"
+_SEL_EQ_RE = re.compile(rf"^({_LABEL_KEY})\s*(?:==|=|!=)\s*({_LABEL_NAME})?$")
+_SEL_EXISTS_RE = re.compile(rf"^!?\s*{_LABEL_KEY}$")
+_SEL_SET_RE = re.compile(rf"^{_LABEL_KEY}\s+(?:in|notin)\s*\(([^()]*)\)$")
+_LABEL_VALUE_RE = re.compile(rf"^(?:{_LABEL_NAME})?$")
+
+
+def quote(value: object) -> str:
+    """A value as it reads in a message: strings in double quotes, others as YAML would show them."""
+    if isinstance(value, str):
+        return '"' + (value if len(value) <= 80 else value[:77] + "...") + '"'
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return str(value)
+
+
+def suggest(word: str, choices: Iterator[str] | list[str] | tuple[str, ...]) -> str:
+    """' (did you mean "x"?)' when a choice is close to ``word``, else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+# Field checks ------------------------------------------------------------------------------------------
+
+
+def at_least(lo: float, hi: float | None = None) -> Check:
+    def check(v: Any) -> str | None:
+        if hi is not None and not lo <= v <= hi:
+            return f"must be {lo:g}..{hi:g}, got {v:g}"
+        if v < lo:
+            return f"must be >= {lo:g}, got {v:g}"
+        return None
+
+    return check
+
+
+def positive(v: float) -> str | None:
+    return None if v > 0 else f"must be > 0, got {v:g}"
+
+
+def port(v: int) -> str | None:
+    return None if 1 <= v <= 65535 else f"must be 1..65535, got {v}"
+
+
+def dns_label(v: str) -> str | None:
+    return None if _DNS_LABEL_RE.match(v) else f"{quote(v)} is not a DNS label (lowercase a-z, 0-9, '-')"
+
+
+def domain(v: str) -> str | None:
+    ok = len(v) <= 253 and _DOMAIN_RE.match(v)
+    return None if ok else f'{quote(v)} is not a domain name like "clusterset.local"'
+
+
+def non_empty(v: str) -> str | None:
+    return None if v.strip() else "must not be empty"
+
+
+def ip_address(v: str) -> str | None:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return f"{quote(v)} is not an IP address"
+    return None
+
+
+def bind_address(v: str) -> str | None:
+    return None if v == "localhost" else ip_address(v)
+
+
+def optional_ip(v: str) -> str | None:
+    return None if v == "" else ip_address(v)
+
+
+def host_pattern(v: str) -> str | None:
+    name = v[2:] if v.startswith("*.") else v
+    if v == "" or (len(name) <= 253 and _DOMAIN_RE.match(name)):
+        return None
+    return f'{quote(v)} is not "", a hostname or "*.suffix"'
+
+
+def path_prefix(v: str) -> str | None:
+    return None if v.startswith("/") else f'{quote(v)} must start with "/"'
+
+
+def http_path(v: str) -> str | None:
+    return None if v == "" or v.startswith("/") else f'{quote(v)} must be "" (TCP check) or start with "/"'
+
+
+def header_name(v: str) -> str | None:
+    return None if v == "" or _TOKEN_RE.match(v) else f"{quote(v)} is not a valid header name"
+
+
+def header_names(v: Mapping[str, str]) -> str | None:
+    bad = [k for k in v if not k or not _TOKEN_RE.match(k)]
+    return f"{quote(bad[0])} is not a valid header name" if bad else None
+
+
+def weights(v: Mapping[str, int]) -> str | None:
+    for name, w in v.items():
+        if w < 0:
+            return f"weight of {quote(name)} must be >= 0, got {w}"
+    if v and sum(v.values()) == 0:
+        return "weights must not all be 0"
+    return None
+
+
+def one_of(allowed: tuple[str, ...]) -> Check:
+    def check(values: tuple[str, ...]) -> str | None:
+        for item in values:
+            if item not in allowed:
+                listed = ", ".join(quote(a) for a in allowed)
+                return f"{quote(item)} is not one of {listed}{suggest(item, allowed)}"
+        return None
+
+    return check
+
+
+def locality(v: tuple[str, ...]) -> str | None:
+    if err := one_of(LOCALITY_LEVELS)(v):
+        return err
+    if len(set(v)) != len(v):
+        return "levels must not repeat"
+    return None if v else "must list at least one level"
+
+
+def forward(v: tuple[str, ...]) -> str | None:
+    for item in v:
+        if parse_hostport(item) is None:
+            return f'{quote(item)} is not "ip" or "ip:port" ("[v6]:port" for IPv6)'
+    return None
+
+
+def parse_hostport(text: str) -> tuple[str, int] | None:
+    """``"ip"``, ``"ip:port"``, ``"v6"`` or ``"[v6]:port"`` -> (ip, port), None when malformed; port 53."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return None
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if not port_text:
+        return host, 53
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        return None
+    return host, int(port_text)
+
+
+def label_selector(v: str) -> str | None:
+    """Syntax of a Kubernetes label selector: k=v, k==v, k!=v, k, !k, k in (a,b), k notin (a,b)."""
+    for part in _split_selector(v):
+        m = _SEL_SET_RE.match(part)
+        if m and all(_LABEL_VALUE_RE.match(x.strip()) for x in m.group(1).split(",")):
+            continue
+        if not m and (_SEL_EQ_RE.match(part) or _SEL_EXISTS_RE.match(part)):
+            continue
+        return f"{quote(v)} is not a label selector: cannot parse {quote(part)}"
+    return None
+
+
+def _split_selector(text: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts] if text.strip() else []
+
+
+def node_address_type(v: str) -> str | None:
+    return None if v in NODE_ADDRESS_TYPES else f"must be one of {', '.join(map(quote, NODE_ADDRESS_TYPES))}"
+
+
+FIELD_CHECKS: dict[tuple[type, str], Check] = {
+    (ClusterConfig, "name"): dns_label,
+    (ClusterConfig, "weight"): at_least(0),
+    (ClusterConfig, "capacity"): at_least(0),
+    (KarmadaConfig, "kubeconfig"): non_empty,
+    (DiscoveryConfig, "grace_period"): at_least(0),
+    (DiscoveryConfig, "debounce"): at_least(0),
+    (DiscoveryConfig, "backoff_base"): positive,
+    (DiscoveryConfig, "backoff_max"): positive,
+    (DiscoveryConfig, "watch_timeout"): positive,
+    (DiscoveryConfig, "request_timeout"): positive,
+    (ClustersetConfig, "domain"): domain,
+    (ExportConfig, "selector"): label_selector,
+    (NodePortConfig, "node_selector"): label_selector,
+    (NodePortConfig, "address_type"): node_address_type,
+    (Timeouts, "connect"): positive,
+    (Timeouts, "response_header"): positive,
+    (Timeouts, "idle"): positive,
+    (Timeouts, "total"): at_least(0),
+    (RetryPolicy, "attempts"): at_least(0, 10),
+    (RetryPolicy, "on"): one_of(RETRY_ON),
+    (RetryPolicy, "backoff_base"): at_least(0),
+    (RetryPolicy, "backoff_max"): at_least(0),
+    (HashConfig, "name"): header_name,
+    (HttpRoute, "host"): host_pattern,
+    (HttpRoute, "path_prefix"): path_prefix,
+    (HttpRoute, "service_port"): lambda v: port(v) if isinstance(v, int) else non_empty(v),
+    (HttpRoute, "headers"): header_names,
+    (HttpRoute, "clusters"): weights,
+    (HttpRoute, "pin_header"): header_name,
+    (HttpListener, "port"): port,
+    (HttpListener, "address"): bind_address,
+    (HttpListener, "max_header_bytes"): at_least(1024),
+    (HttpListener, "request_head_timeout"): positive,
+    (HttpListener, "drain_timeout"): at_least(0),
+    (TcpListener, "port"): port,
+    (TcpListener, "address"): bind_address,
+    (TcpListener, "service_port"): lambda v: port(v) if isinstance(v, int) else non_empty(v),
+    (TcpListener, "connect_timeout"): positive,
+    (TcpListener, "connect_attempts"): at_least(1),
+    (TcpListener, "idle_timeout"): positive,
+    (TcpListener, "max_connections"): at_least(0),
+    (TcpListener, "drain_timeout"): at_least(0),
+    (DnsConfig, "address"): bind_address,
+    (DnsConfig, "port"): port,
+    (DnsConfig, "ttl"): at_least(0),
+    (DnsConfig, "negative_ttl"): at_least(0),
+    (DnsConfig, "advertise_address"): optional_ip,
+    (DnsConfig, "forward"): forward,
+    (DnsConfig, "max_udp_payload"): at_least(512, 65535),
+    (AdminConfig, "address"): bind_address,
+    (AdminConfig, "port"): port,
+    (AdminConfig, "drain_timeout"): at_least(0),
+    (OutlierConfig, "consecutive_failures"): at_least(1),
+    (OutlierConfig, "base_ejection_time"): positive,
+    (OutlierConfig, "max_ejection_time"): positive,
+    (OutlierConfig, "max_ejection_percent"): at_least(0, 100),
+    (HealthCheckConfig, "path"): http_path,
+    (HealthCheckConfig, "interval"): positive,
+    (HealthCheckConfig, "timeout"): positive,
+    (HealthCheckConfig, "rise"): at_least(1),
+    (HealthCheckConfig, "fall"): at_least(1),
+    (BalancingConfig, "locality"): locality,
+    (BalancingConfig, "overprovisioning"): at_least(1),
+    (BalancingConfig, "panic_threshold"): at_least(0, 100),
+    (BalancingConfig, "slow_start"): at_least(0),
+}
+
+
+# Cross-field checks ------------------------------------------------------------------------------------
+
+
+def is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def listener_sockets(config: Config) -> list[tuple[str, str, int]]:
+    """(key path, address, port) of every socket fedproxy binds: HTTP, TCP, DNS (UDP + TCP), admin."""
+    out = [(f"http.listeners[{i}]", x.address, x.port) for i, x in enumerate(config.http.listeners)]
+    out += [(f"tcp.listeners[{i}]", x.address, x.port) for i, x in enumerate(config.tcp.listeners)]
+    if config.dns.enabled:
+        out.append(("dns", config.dns.address, config.dns.port))
+    out.append(("admin", config.admin.address, config.admin.port))
+    return out
+
+
+def check_config(config: Config) -> list[str]:
+    """Problems that span fields or sections, each with its key path; [] when the tree is consistent."""
+    problems: list[str] = []
+    static = config.karmada is None
+    names: dict[str, int] = {}
+    for i, c in enumerate(config.clusters):
+        p = f"clusters[{i}]"
+        if c.name and c.name in names:
+            problems.append(f'{p}.name: "{c.name}" is already used by clusters[{names[c.name]}]')
+        names.setdefault(c.name, i)
+        if c.kubeconfig and c.in_cluster:
+            problems.append(f"{p}: set either kubeconfig or in_cluster: true, not both")
+        elif c.context and not c.kubeconfig:
+            problems.append(f"{p}.context: needs kubeconfig (a context names an entry of that file)")
+        elif static and not (c.kubeconfig or c.in_cluster):
+            problems.append(
+                f"{p}: needs kubeconfig (and optionally context) or in_cluster: true "
+                "(without karmada every member must say how to reach it)"
+            )
+    locals_ = [i for i, c in enumerate(config.clusters) if c.local]
+    for i in locals_[1:]:
+        problems.append(f"clusters[{i}].local: only one cluster can be local (clusters[{locals_[0]}] is)")
+
+    seen: list[tuple[str, str, int]] = []
+    for path, address, prt in listener_sockets(config):
+        for other, o_addr, o_port in seen:
+            if prt == o_port and (address == o_addr or address in WILDCARDS or o_addr in WILDCARDS):
+                problems.append(f"{path}: {address}:{prt} collides with {other} ({o_addr}:{o_port})")
+                break
+        seen.append((path, address, prt))
+
+    used: dict[str, str] = {}
+    kinds = (("http", config.http.listeners), ("tcp", config.tcp.listeners))
+    for kind, listeners in kinds:
+        for i, x in enumerate(listeners):
+            name = x.name or f"{kind}-{x.port}"
+            if name in used:
+                problems.append(f'{kind}.listeners[{i}].name: "{name}" is already used by {used[name]}')
+            used.setdefault(name, f"{kind}.listeners[{i}]")
+
+    for i, lst in enumerate(config.http.listeners):
+        for j, route in enumerate(lst.routes):
+            p = f"http.listeners[{i}].routes[{j}]"
+            if static:
+                for name in route.clusters:
+                    if name not in names:
+                        hint = suggest(name, list(names)) or f" (known: {', '.join(names) or 'none'})"
+                        problems.append(f"{p}.clusters.{name}: unknown cluster{hint}")
+            problems += _check_hash(route.hash, f"{p}.hash")
+    problems += _check_hash(config.balancing.hash, "balancing.hash")
+
+    export = config.clusterset.export
+    if export.mode == "label" and not export.selector.strip():
+        problems.append('clusterset.export.selector: required when mode is "label" (e.g. "app=flask")')
+    if config.dns.locality and config.dns.policy == "spread":
+        problems.append('dns.locality: true conflicts with policy "spread"')
+    problems += _check_admin(config.admin, names if static else None)
+    return problems
+
+
+def _check_hash(h: HashConfig | None, path: str) -> list[str]:
+    if h is not None and h.on in ("header", "cookie") and not h.name:
+        return [f'{path}.name: required when on is "{h.on}"']
+    return []
+
+
+def _check_admin(admin: AdminConfig, clusters: dict[str, int] | None) -> list[str]:
+    problems = []
+    if admin.token and admin.token_file:
+        problems.append("admin: set either token or token_file, not both")
+    elif not (admin.token or admin.token_file) and not is_loopback(admin.address):
+        problems.append(
+            f"admin.address: {quote(admin.address)} is not loopback, so token or token_file is required "
+            "(an unauthenticated admin API on the network lets anyone drain clusters or reload config)"
+        )
+    ov = admin.overrides
+    if ov is not None and clusters is not None and ov.cluster not in clusters:
+        problems.append(
+            f"admin.overrides.cluster: unknown cluster {quote(ov.cluster)}{suggest(ov.cluster, list(clusters))}"
+        )
+    return problems

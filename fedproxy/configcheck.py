@@ -82,19 +82,23 @@ def suggest(word: str, choices: Iterator[str] | list[str] | tuple[str, ...]) -> 
 # Field checks ------------------------------------------------------------------------------------------
 
 
+def _num(v: float) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"  # ints may exceed float range
+
+
 def at_least(lo: float, hi: float | None = None) -> Check:
     def check(v: Any) -> str | None:
         if hi is not None and not lo <= v <= hi:
-            return f"must be {lo:g}..{hi:g}, got {v:g}"
+            return f"must be {_num(lo)}..{_num(hi)}, got {_num(v)}"
         if v < lo:
-            return f"must be >= {lo:g}, got {v:g}"
+            return f"must be >= {_num(lo)}, got {_num(v)}"
         return None
 
     return check
 
 
 def positive(v: float) -> str | None:
-    return None if v > 0 else f"must be > 0, got {v:g}"
+    return None if v > 0 else f"must be > 0, got {_num(v)}"
 
 
 def port(v: int) -> str | None:
@@ -365,7 +369,8 @@ def check_config(config: Config) -> list[str]:
         for i, x in enumerate(listeners):
             name = x.name or f"{kind}-{x.port}"
             if name in used:
-                problems.append(f'{kind}.listeners[{i}].name: "{name}" is already used by {used[name]}')
+                why = "" if x.name else f' (the default "{kind}-<port>"; give each listener a name)'
+                problems.append(f'{kind}.listeners[{i}].name: "{name}" is already used by {used[name]}{why}')
             used.setdefault(name, f"{kind}.listeners[{i}]")
 
     for i, lst in enumerate(config.http.listeners):

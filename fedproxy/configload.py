@@ -49,27 +49,37 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _check_nodes(node: yaml.Node, path: str, problems: list[str], budget: list[int]) -> None:
-    """Duplicate keys (with their path and line) and alias expansion bombs, on the composed tree."""
+MAX_DEPTH = 64  # nesting levels; the schema itself is under 10 deep
+
+
+def _check_nodes(node: yaml.Node, path: str, problems: list[str], budget: list[int], depth: int = 0) -> None:
+    """Duplicate keys (with their path and line), alias bombs and cycles, on the composed tree."""
     budget[0] -= 1
     if budget[0] < 0:
+        return
+    if depth > MAX_DEPTH:
+        shown = path if len(path) <= 60 else path[:60] + "..."
+        problems.append(f"{shown}: nested more than {MAX_DEPTH} levels deep (recursive alias?)")
+        budget[0] = -1  # stop here: the node tree may be cyclic
         return
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
             k = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
             if k in seen and key.tag != "tag:yaml.org,2002:merge":
-                line = key.start_mark.line + 1
-                problems.append(f"{_join(path, k)}: duplicate key (line {line})")
+                problems.append(f"{_join(path, k)}: duplicate key (line {key.start_mark.line + 1})")
             seen.add(k)
-            _check_nodes(value, _join(path, k), problems, budget)
+            _check_nodes(value, _join(path, k), problems, budget, depth + 1)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _check_nodes(item, f"{path}[{i}]", problems, budget)
+            _check_nodes(item, f"{path}[{i}]", problems, budget, depth + 1)
 
 
 def _yaml(text: str) -> object:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.YAMLError as e:  # the reader rejects control characters up front
+        raise ConfigError([f"YAML error: {' '.join(str(e).split())}"]) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -77,7 +87,7 @@ def _yaml(text: str) -> object:
         problems: list[str] = []
         budget = [MAX_NODES]
         _check_nodes(node, "", problems, budget)
-        if budget[0] < 0:
+        if budget[0] < 0 and not problems:
             problems.append(f"(top level): more than {MAX_NODES} values (runaway anchors/aliases?)")
         if problems:
             raise ConfigError(problems)
@@ -85,9 +95,11 @@ def _yaml(text: str) -> object:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError([f"YAML syntax error: {where}{e.problem or e.context}"]) from None
+        raise ConfigError([f"YAML error: {where}{e.problem or e.context}"]) from None
     except yaml.YAMLError as e:
-        raise ConfigError([f"YAML error: {e}"]) from None
+        raise ConfigError([f"YAML error: {' '.join(str(e).split())}"]) from None
+    except RecursionError:
+        raise ConfigError([f"YAML error: nested too deeply (more than {MAX_DEPTH} levels allowed)"]) from None
     finally:
         loader.dispose()
 

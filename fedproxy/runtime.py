@@ -1,0 +1,259 @@
+"""The runtime: wires discovery -> catalog -> serving state -> listeners, and owns reload and shutdown.
+
+One reference, ``self.state`` (a :class:`ServingState`), is what every listener reads per request or
+connection. Any input change (member snapshots, config, health, runtime overrides) builds a new state and
+swaps it, together with the listeners' routers, in one synchronous step: a request sees either the old
+world or the new one, never a mix, and keeps the state it started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .aio import TaskOwner
+from .balancing import HealthView, Overrides, ServingState, build_state
+from .balancing.health import OutlierDetector
+from .catalog import build_catalog
+from .config import Config
+from .configload import diff, load_config, parse_config
+from .discovery import Discovery
+from .dns.server import DnsServer
+from .errors import ConfigError
+from .model import ClusterSnapshot, Endpoint
+from .proxy.http import HttpProxyServer
+from .proxy.tcp import TcpProxyServer
+
+log = logging.getLogger("fedproxy.runtime")
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    ok: bool
+    changes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _listener_key(kind: str, lst: Any) -> tuple[str, str, int]:
+    return (kind, lst.address, lst.port)
+
+
+class Runtime:
+    """Owns the current config, snapshots, health, overrides, serving state and every listener."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str = "",
+        reuse_port: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path or config.source
+        self.reuse_port = reuse_port
+        self.clock = clock
+        self.tasks = TaskOwner("runtime")
+        self.snapshots: Mapping[str, ClusterSnapshot] = {}
+        self.overrides = Overrides()
+        self.detector = OutlierDetector(config.balancing.outlier)
+        self.health = HealthView()
+        self._version = 0
+        self.state: ServingState = build_state(config, build_catalog((), config, 0))
+        self.discovery = Discovery(config, self._on_snapshots, clock=clock)
+        self.http: dict[tuple[str, str, int], HttpProxyServer] = {}
+        self.tcp: dict[tuple[str, str, int], TcpProxyServer] = {}
+        self.dns: DnsServer | None = None
+        self.listening = False
+        self.draining = False
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self.last_reload_error: list[str] = []
+        self._health_timer: asyncio.TimerHandle | None = None
+        self._listeners_lock = asyncio.Lock()
+        self.on_state: list[Callable[[ServingState], None]] = []  # admin/metrics subscribe here
+
+    # -- the one reference listeners read --------------------------------------------------------
+    def get_state(self) -> ServingState:
+        return self.state
+
+    def _rebuild(self) -> None:
+        """Build a new serving state from the current inputs and swap it in, with routers and DNS."""
+        self._version += 1
+        catalog = build_catalog(self.snapshots.values(), self.config, self._version)
+        now = self.clock()
+        self.health = self.detector.view(now)
+        self.state = build_state(self.config, catalog, self.health, self.overrides, now, self._version)
+        if self.dns is not None:
+            self.dns.update(self.state)
+        for cb in self.on_state:
+            cb(self.state)
+        self._schedule_health_change(now)
+
+    def _schedule_health_change(self, now: float) -> None:
+        """Readmission after an ejection changes the health view: rebuild then, not per request."""
+        if self._health_timer is not None:
+            self._health_timer.cancel()
+            self._health_timer = None
+        when = self.detector.next_change(now)
+        if when is not None:
+            loop = asyncio.get_running_loop() if self.listening else None
+            if loop is not None:
+                self._health_timer = loop.call_later(max(0.0, when - now) + 0.001, self._rebuild)
+
+    def _on_snapshots(self, snapshots: Mapping[str, ClusterSnapshot]) -> None:
+        self.snapshots = dict(snapshots)
+        self._rebuild()
+
+    def report(self, ep: Endpoint, ok: bool) -> None:
+        """Outcome of one upstream attempt (HTTP request, TCP connect); ejections rebuild the pools."""
+        now = self.clock()
+        if ok:
+            self.detector.success(ep, now)
+        elif self.detector.failure(ep, now):
+            log.warning("event=endpoint_ejected endpoint=%s", ep)
+            self._rebuild()
+
+    # -- runtime overrides (admin) ------------------------------------------------------------------
+    def set_overrides(self, overrides: Overrides) -> None:
+        self.overrides = overrides
+        self._rebuild()
+
+    def drain_cluster(self, name: str) -> None:
+        self.set_overrides(replace(self.overrides, drained=self.overrides.drained | {name}))
+        log.info("event=cluster_drained cluster=%s", name)
+
+    def undrain_cluster(self, name: str) -> None:
+        self.set_overrides(replace(self.overrides, drained=self.overrides.drained - {name}))
+        log.info("event=cluster_undrained cluster=%s", name)
+
+    def set_weight(self, name: str, weight: int | None) -> None:
+        weights = dict(self.overrides.weights)
+        if weight is None:
+            weights.pop(name, None)
+        else:
+            weights[name] = weight
+        self.set_overrides(replace(self.overrides, weights=weights))
+        log.info("event=cluster_weight cluster=%s weight=%s", name, weight)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        """Start discovery and every listener; raises OSError when a listener cannot bind."""
+        self.listening = True
+        self._rebuild()
+        await self._apply_listeners(self.config)
+        await self.discovery.start()
+
+    def ready(self) -> tuple[bool, str]:
+        """Kubernetes readiness: listeners bound and at least one member synced (or none configured)."""
+        if self.draining:
+            return False, "draining"
+        if not self.listening:
+            return False, "listeners not bound"
+        snaps = self.snapshots
+        if (self.config.clusters or self.config.karmada) and not any(s.synced for s in snaps.values()):
+            return False, "no member synced yet"
+        return True, "ok"
+
+    async def _apply_listeners(self, config: Config) -> None:
+        """Reconcile listeners with ``config``: update in place, start new ones, drain removed ones."""
+        async with self._listeners_lock:
+            wanted_http = {_listener_key("http", lst): lst for lst in config.http.listeners}
+            wanted_tcp = {_listener_key("tcp", lst): lst for lst in config.tcp.listeners}
+            started: list[Any] = []
+            try:
+                for key, lst in wanted_http.items():
+                    if key not in self.http:
+                        srv = HttpProxyServer(lst, config, self.get_state, self.report, reuse_port=self.reuse_port)
+                        await srv.start()
+                        started.append(srv)
+                        self.http[key] = srv
+                for key, lst in wanted_tcp.items():
+                    if key not in self.tcp:
+                        tsrv = TcpProxyServer(lst, config, self.get_state, self.report, reuse_port=self.reuse_port)
+                        await tsrv.start()
+                        started.append(tsrv)
+                        self.tcp[key] = tsrv
+                if config.dns.enabled and self.dns is None:
+                    self.dns = DnsServer(config.dns, self.get_state)
+                    await self.dns.start()
+                    started.append(self.dns)
+                    self.dns.update(self.state)
+            except BaseException:
+                for srv in started:
+                    await srv.close()
+                raise
+            for key, lst in wanted_http.items():
+                self.http[key].update(lst, config)
+            for key, tlst in wanted_tcp.items():
+                self.tcp[key].update(tlst, config)
+            for key in set(self.http) - set(wanted_http):
+                old_http = self.http.pop(key)
+                self.tasks.spawn(f"drain-{key}", old_http.drain(old_http.listener.drain_timeout))
+            for key in set(self.tcp) - set(wanted_tcp):
+                old_tcp = self.tcp.pop(key)
+                self.tasks.spawn(f"drain-{key}", old_tcp.drain(old_tcp.listener.drain_timeout))
+            if self.dns is not None and not config.dns.enabled:
+                dns, self.dns = self.dns, None
+                await dns.close()
+
+    async def reload(self, text: str | None = None) -> ReloadResult:
+        """Validate a whole new config (the file, or ``text``), then swap it in; a bad one changes nothing."""
+        try:
+            new = parse_config(text, source="<admin>") if text is not None else load_config(self.config_path)
+        except ConfigError as exc:
+            self.reloads_failed += 1
+            self.last_reload_error = exc.problems
+            log.warning("event=reload_rejected problems=%d first=%r", len(exc.problems), exc.problems[:1])
+            return ReloadResult(False, problems=exc.problems)
+        except OSError as exc:
+            self.reloads_failed += 1
+            self.last_reload_error = [f"{self.config_path}: {exc.strerror or exc}"]
+            return ReloadResult(False, problems=self.last_reload_error)
+        changes = diff(self.config, new)
+        old = self.config
+        dns_moved = (old.dns.address, old.dns.port, old.dns.enabled) != (new.dns.address, new.dns.port, new.dns.enabled)
+        try:
+            if dns_moved and self.dns is not None:
+                dns, self.dns = self.dns, None
+                await dns.close()
+            self.config = new
+            if new.balancing.outlier != old.balancing.outlier:
+                self.detector = OutlierDetector(new.balancing.outlier)
+            # Runtime overrides survive a reload unless the file now speaks about those members.
+            self._rebuild()
+            await self._apply_listeners(new)
+            await self.discovery.update(new)
+        except OSError as exc:
+            # A listener could not bind: go back to the old config, which still has all its sockets.
+            self.config = old
+            self._rebuild()
+            await self._apply_listeners(old)
+            self.reloads_failed += 1
+            self.last_reload_error = [f"cannot open a listener: {exc}"]
+            return ReloadResult(False, problems=self.last_reload_error)
+        self.reloads_ok += 1
+        self.last_reload_error = []
+        log.info("event=reloaded changes=%d", len(changes))
+        return ReloadResult(True, changes=changes)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Readiness false, stop accepting, let in-flight work finish up to ``grace`` s, close everything."""
+        self.draining = True
+        grace = self.config.admin.drain_timeout if grace is None else grace
+        if self._health_timer is not None:
+            self._health_timer.cancel()
+        servers: list[Any] = [*self.http.values(), *self.tcp.values()]
+        await asyncio.gather(*(s.drain(grace) for s in servers), return_exceptions=True)
+        if self.dns is not None:
+            await self.dns.close()
+        await self.discovery.close()
+        await self.tasks.close()
+        self.http.clear()
+        self.tcp.clear()
+        self.dns = None
+        self.listening = False

@@ -37,6 +37,7 @@ from .config import (
     TcpListener,
     Timeouts,
 )
+from .labels import parse_selector
 
 Check = Callable[[Any], "str | None"]
 
@@ -49,13 +50,6 @@ _LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
 _DNS_LABEL_RE = re.compile(rf"^{_LABEL}$")
 _DOMAIN_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$", re.IGNORECASE)
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token (header names)
-# Label keys and values per k8s.io/apimachinery validation: [prefix/]name, name <= 63 chars.
-_LABEL_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-_LABEL_KEY = rf"(?:{_LABEL}(?:\.{_LABEL})*/)?{_LABEL_NAME}"
-_SEL_EQ_RE = re.compile(rf"^({_LABEL_KEY})\s*(?:==|=|!=)\s*({_LABEL_NAME})?$")
-_SEL_EXISTS_RE = re.compile(rf"^!?\s*{_LABEL_KEY}$")
-_SEL_SET_RE = re.compile(rf"^{_LABEL_KEY}\s+(?:in|notin)\s*\(([^()]*)\)$")
-_LABEL_VALUE_RE = re.compile(rf"^(?:{_LABEL_NAME})?$")
 
 
 def quote(value: object) -> str:
@@ -215,26 +209,12 @@ def parse_hostport(text: str) -> tuple[str, int] | None:
 
 
 def label_selector(v: str) -> str | None:
-    """Syntax of a Kubernetes label selector: k=v, k==v, k!=v, k, !k, k in (a,b), k notin (a,b)."""
-    for part in _split_selector(v):
-        m = _SEL_SET_RE.match(part)
-        if m and all(_LABEL_VALUE_RE.match(x.strip()) for x in m.group(1).split(",")):
-            continue
-        if not m and (_SEL_EQ_RE.match(part) or _SEL_EXISTS_RE.match(part)):
-            continue
-        return f"{quote(v)} is not a label selector: cannot parse {quote(part)}"
+    """Syntax of a Kubernetes label selector, checked by the parser that will use it at runtime."""
+    try:
+        parse_selector(v)
+    except ValueError as e:
+        return f"{quote(v)} is not a label selector: {e}"
     return None
-
-
-def _split_selector(text: str) -> list[str]:
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        depth += (ch == "(") - (ch == ")")
-        if ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts] if text.strip() else []
 
 
 def node_address_type(v: str) -> str | None:

@@ -21,7 +21,7 @@ class FlowControl:
     """Pauses reading ``source`` while the sink cannot take more; awaitable ``drain()`` for coroutines.
 
     ``source`` may be swapped (``set_source``) when the other side changes, e.g. a new upstream connection
-    for the next request; the paused state carries over to the new source.
+    for the next request; the paused state moves to the new source.
     """
 
     __slots__ = ("source", "write_paused", "_reasons", "_waiter")
@@ -37,10 +37,13 @@ class FlowControl:
         return bool(self._reasons)
 
     def set_source(self, source: asyncio.Transport | None) -> None:
-        """Read from ``source`` from now on (the old one is left as it is)."""
-        self.source = source
-        if source is not None and self._reasons:
-            _pause(source)
+        """Read from ``source`` from now on; the old source is resumed if we had paused it."""
+        old, self.source = self.source, source
+        if self._reasons:
+            if old is not None and old is not source:
+                _resume(old)
+            if source is not None:
+                _pause(source)
 
     # Called by the sink's protocol.
     def pause_writing(self) -> None:

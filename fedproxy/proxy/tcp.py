@@ -1,0 +1,516 @@
+"""The TCP (L4) proxy: one listener, every client connection spliced to an endpoint the pool picks.
+
+Theory of operation: a client connection is accepted by ``_Client`` (an ``asyncio.Protocol``), which pauses
+reading at once and asks the serving state's pool for an endpoint. A connect attempt runs in a task owned by
+the server; a refused or timed-out connect reports the failure and tries another pick (never one already
+tried; another member first when the failed one looks down), up to ``connect_attempts``. Once an upstream
+answers, its ``_Upstream`` protocol writes the PROXY header (if configured), the client is resumed and bytes
+are copied both ways by plain ``data_received -> write`` calls: no StreamReader/Writer, no per-read objects
+(shared/PERFORMANCE.md: a Protocol pair on uvloop beats HAProxy on bulk throughput; connection set-up is
+where Python pays, so per-connection work is kept to the few objects it must have).
+
+Back-pressure: each transport's write buffer has a high-water mark; when it is crossed asyncio calls the
+writing side's ``pause_writing()``, and the shared :class:`~fedproxy.proxy.flow.FlowControl` stops reading the
+other side until ``resume_writing()``. Memory per connection is bounded by two write buffers.
+
+Half-close: an EOF from one side becomes ``write_eof()`` on the other (``eof_received`` returns True to keep
+the transport open for writing); the connection closes when both directions have ended.
+
+Limits: one idle timer per connection, re-armed lazily from a last-activity timestamp (not re-created per
+read); ``max_connections`` either closes the excess at once ("close") or holds it accepted, paused and without
+an upstream until a slot frees ("backlog": asyncio cannot pause ``accept()`` itself, so waiting connections
+sit in a FIFO; the kernel's listen backlog queues the ones after them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from ..aio import TaskOwner
+from ..balancing import Pool, ServingState, tcp_spec
+from ..config import Config, TcpListener
+from ..model import Endpoint
+from . import proxy_protocol
+from .flow import FlowControl
+
+log = logging.getLogger("fedproxy.proxy.tcp")
+access_log = logging.getLogger("fedproxy.access")
+
+try:  # the balancing core's own key function, when it has one, so HTTP and TCP hash alike
+    from ..balancing import hash_key as _balancing_hash_key  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on the balancing package's version
+    _balancing_hash_key = None
+
+# Write buffer high-water mark per transport: large enough to keep a 256 KiB read in flight, small enough
+# that 10,000 connections stay well under a few GB even when every peer stops reading.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+CONNECT = "connect"  # FlowControl reason: the client is not read until an upstream answers
+
+CONNECTIONS = Counter(
+    "fedproxy_tcp_connections",
+    "TCP client connections by listener, member and result",
+    ["listener", "cluster", "result"],
+)
+BYTES_IN = Counter("fedproxy_tcp_received_bytes", "Bytes from TCP clients to upstreams", ["listener", "cluster"])
+BYTES_OUT = Counter("fedproxy_tcp_sent_bytes", "Bytes from upstreams to TCP clients", ["listener", "cluster"])
+ACTIVE = Gauge(
+    "fedproxy_tcp_active_connections", "Open TCP client connections", ["listener"], multiprocess_mode="livesum"
+)
+
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """The labelled child of ``metric``, cached: ``labels()`` takes a lock and builds a tuple each call."""
+    key = (metric, *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
+def source_hash(address: str) -> int:
+    """The affinity key for a client address (``hash_source_ip``): stable across processes and restarts."""
+    if _balancing_hash_key is not None:
+        return int(_balancing_hash_key(address))
+    return int.from_bytes(hashlib.blake2b(address.encode(), digest_size=8).digest(), "big")
+
+
+def _close(transport: asyncio.BaseTransport | None, abort: bool = False) -> None:
+    """Close ``transport`` after its buffered data is sent, or at once (``abort``: a stuck or reset peer)."""
+    if transport is None:
+        return
+    if abort:
+        transport.abort()  # type: ignore[attr-defined]
+    elif not transport.is_closing():
+        transport.close()
+
+
+class _Settings:
+    """What one connection needs from the listener, computed once per ``update()`` (not per connection)."""
+
+    __slots__ = ("listener", "name", "service", "spec", "proxy_protocol", "idle", "server")
+
+    def __init__(self, listener: TcpListener, config: Config, server: TcpProxyServer) -> None:
+        self.listener = listener
+        self.name = listener.name or f"tcp-{listener.port}"
+        self.service = str(listener.service)
+        self.spec = tcp_spec(listener, config)
+        self.proxy_protocol = listener.proxy_protocol
+        self.idle = listener.idle_timeout
+        self.server = server
+
+
+class _Upstream(asyncio.Protocol):
+    """The upstream side of one splice: forwards every event to its ``_Client``."""
+
+    __slots__ = ("client", "transport")
+
+    def __init__(self, client: _Client) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+
+    # Protocol interface
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.client.upstream_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        client.bytes_out += len(data)
+        client.last = time.monotonic()
+        client.transport.write(data)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        return self.client.upstream_eof()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.upstream_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self.client.up_flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.client.up_flow.resume_writing()
+
+
+class _Client(asyncio.Protocol):
+    """The client side of one splice; owns the connection's state, its timers and its accounting."""
+
+    __slots__ = (
+        "s",
+        "transport",
+        "upstream",
+        "up_flow",
+        "down_flow",
+        "ep",
+        "pool",
+        "peer",
+        "bytes_in",
+        "bytes_out",
+        "started",
+        "last",
+        "timer",
+        "task",
+        "client_eof",
+        "server_eof",
+        "result",
+        "done",
+        "admitted",
+    )
+
+    def __init__(self, settings: _Settings) -> None:
+        self.s = settings
+        self.transport: asyncio.Transport | None = None
+        self.upstream: _Upstream | None = None
+        self.up_flow = FlowControl()  # client -> upstream: pauses reading the client
+        self.down_flow = FlowControl()  # upstream -> client: pauses reading the upstream
+        self.ep: Endpoint | None = None
+        self.pool: Pool | None = None
+        self.peer: Any = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = self.last = time.monotonic()
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.client_eof = self.server_eof = False
+        self.result = ""
+        self.done = False
+        self.admitted = False
+
+    # Protocol interface
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.up_flow.set_source(self.transport)
+        self.up_flow.pause_reading(CONNECT)
+        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[union-attr]
+        self.s.server.accepted(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self.last = time.monotonic()
+        self.upstream.transport.write(data)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        up = self.upstream.transport if self.upstream is not None else None
+        if up is None or self.server_eof:
+            self.finish("ok")
+            return False
+        if up.can_write_eof():
+            up.write_eof()
+        return True  # keep writing to the client until the upstream ends too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.down_flow.connection_lost()
+        if not self.done:
+            self.finish("client_reset" if exc is not None else ("ok" if self.upstream else "client_closed"))
+
+    def pause_writing(self) -> None:
+        self.down_flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.down_flow.resume_writing()
+
+    # Upstream events
+
+    def upstream_made(self, upstream: _Upstream) -> None:
+        if self.done:
+            _close(upstream.transport, abort=True)
+            return
+        self.upstream = upstream
+        up = upstream.transport
+        up.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[union-attr]
+        if self.s.proxy_protocol:
+            t = self.transport
+            up.write(  # type: ignore[union-attr]
+                proxy_protocol.encode(self.s.proxy_protocol, self.peer, t.get_extra_info("sockname"))  # type: ignore[union-attr]
+            )
+        self.down_flow.set_source(up)  # type: ignore[arg-type]
+        self.up_flow.resume_reading(CONNECT)
+
+    def upstream_eof(self) -> bool:
+        self.server_eof = True
+        if self.client_eof:
+            self.finish("ok")
+            return False
+        t = self.transport
+        if t is not None and not t.is_closing() and t.can_write_eof():
+            t.write_eof()
+        return True
+
+    def upstream_lost(self, upstream: _Upstream, exc: Exception | None) -> None:
+        self.up_flow.connection_lost()
+        if self.upstream is upstream and not self.done:
+            self.finish("upstream_reset" if exc is not None else "ok")
+
+    # Lifecycle
+
+    def idle_check(self) -> None:
+        remaining = self.last + self.s.idle - time.monotonic()
+        if remaining > 0:
+            self.timer = asyncio.get_running_loop().call_later(remaining, self.idle_check)
+        else:
+            self.timer = None
+            self.finish("idle_timeout", abort=True)
+
+    def finish(self, result: str, abort: bool = False) -> None:
+        """End the connection once: close both sides, release the slot and the endpoint, log and count."""
+        if self.done:
+            return
+        self.done = True
+        self.result = result
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        reset = abort or result.endswith("_reset")
+        _close(self.transport, reset)
+        if self.upstream is not None:
+            _close(self.upstream.transport, reset)
+        if self.pool is not None and self.ep is not None:
+            self.pool.finished(self.ep)
+        self.s.server.finished(self)
+
+
+class TcpProxyServer:
+    """One TCP listener: accepts clients and splices each to an endpoint of the listener's service.
+
+    ``get_state`` is read once per connection (a connection keeps the state, so the pool, it started with);
+    ``report(endpoint, ok)`` is told the outcome of every upstream connect attempt (passive health).
+    """
+
+    def __init__(
+        self,
+        listener: TcpListener,
+        config: Config,
+        get_state: Callable[[], ServingState],
+        report: Callable[[Endpoint, bool], None],
+        *,
+        reuse_port: bool = False,
+    ) -> None:
+        self._get_state = get_state
+        self._report = report
+        self._reuse_port = reuse_port
+        self._settings = _Settings(listener, config, self)
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks = TaskOwner(f"tcp-{listener.port}")
+        self._conns: set[_Client] = set()  # accepted and not finished (admitted or waiting)
+        self._admitted = 0  # connections holding a max_connections slot
+        self._waiting: deque[_Client] = deque()  # backlog mode: accepted, waiting for a slot
+        self._seq = 0
+        self._draining = False
+        self._idle_event: asyncio.Event | None = None
+        self.port = listener.port
+        self.counts = {"accepted": 0, "rejected": 0, "connect_failed": 0, "no_upstream": 0}
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    @property
+    def listener(self) -> TcpListener:
+        return self._settings.listener
+
+    @property
+    def name(self) -> str:
+        return self._settings.name
+
+    async def start(self) -> None:
+        """Bind ``listener.address:port``; ``self.port`` is the bound port (useful with port 0)."""
+        lst = self._settings.listener
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._protocol, lst.address, lst.port, reuse_address=True, reuse_port=self._reuse_port or None, backlog=1024
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("event=tcp_listen listener=%s address=%s port=%d", self.name, lst.address, self.port)
+
+    def update(self, listener: TcpListener, config: Config) -> None:
+        """New settings for new connections; open ones keep theirs. Synchronous: no connection sees a mix."""
+        self._settings = _Settings(listener, config, self)
+
+    def _protocol(self) -> _Client:
+        return _Client(self._settings)
+
+    # Called by connections
+
+    def accepted(self, conn: _Client) -> None:
+        self.counts["accepted"] += 1
+        lst = conn.s.listener
+        conn.peer = conn.transport.get_extra_info("peername")  # type: ignore[union-attr]
+        if self._draining:
+            conn.finish("draining")
+            return
+        full = lst.max_connections and self._admitted >= lst.max_connections
+        if full and lst.on_max_connections == "close":
+            self.counts["rejected"] += 1
+            conn.finish("over_limit")
+            return
+        self._conns.add(conn)
+        if conn.s.idle > 0:
+            conn.timer = asyncio.get_running_loop().call_later(conn.s.idle, conn.idle_check)
+        if full:
+            self._waiting.append(conn)  # backlog: stays paused, without an upstream, until a slot frees
+        else:
+            self._admit(conn)
+
+    def _admit(self, conn: _Client) -> None:
+        conn.admitted = True
+        self._admitted += 1
+        _child(ACTIVE, conn.s.name).inc()
+        self._seq += 1
+        conn.task = self._tasks.spawn(f"c{self._seq}", self._connect(conn))
+
+    def finished(self, conn: _Client) -> None:
+        if conn.admitted:
+            self._admitted -= 1
+            _child(ACTIVE, conn.s.name).dec()
+        elif conn in self._waiting:
+            self._waiting.remove(conn)
+        self._conns.discard(conn)
+        self.bytes_in += conn.bytes_in
+        self.bytes_out += conn.bytes_out
+        s = conn.s
+        cluster = conn.ep.cluster if conn.ep is not None else ""
+        _child(CONNECTIONS, s.name, cluster, conn.result).inc()
+        if conn.ep is not None:
+            _child(BYTES_IN, s.name, cluster).inc(conn.bytes_in)
+            _child(BYTES_OUT, s.name, cluster).inc(conn.bytes_out)
+        if access_log.isEnabledFor(logging.INFO):
+            peer = conn.peer
+            access_log.info(
+                "event=tcp_connection listener=%s service=%s cluster=%s endpoint=%s client=%s bytes_in=%d "
+                "bytes_out=%d duration=%.3f result=%s",
+                s.name,
+                s.service,
+                cluster or "-",
+                f"{conn.ep.address}:{conn.ep.port}" if conn.ep is not None else "-",
+                f"{peer[0]}:{peer[1]}" if peer else "-",
+                conn.bytes_in,
+                conn.bytes_out,
+                time.monotonic() - conn.started,
+                conn.result,
+            )
+        # A freed slot goes to the oldest waiting connection (backlog mode).
+        while self._waiting and not self._draining:
+            lst = self._settings.listener
+            if lst.max_connections and self._admitted >= lst.max_connections:
+                break
+            nxt = self._waiting.popleft()
+            if not nxt.done:
+                self._admit(nxt)
+        if self._idle_event is not None and not self._conns:
+            self._idle_event.set()
+
+    async def _connect(self, conn: _Client) -> None:
+        """Try endpoints until one answers or ``connect_attempts`` are spent; close the client when none does."""
+        s = conn.s
+        lst = s.listener
+        pool = conn.pool = self._get_state().pool(s.spec)
+        key = source_hash(conn.peer[0]) if lst.hash_source_ip and conn.peer else None
+        loop = asyncio.get_running_loop()
+        tried: list[Endpoint] = []
+        failed: dict[str, int] = {}  # member -> failed attempts in this connection
+        down: set[str] = set()  # members that look down: prefer the others
+        last_error = ""
+        for _ in range(max(1, lst.connect_attempts)):
+            ep = None
+            if down:
+                avoid = [e for e in pool.endpoints if e.cluster in down]
+                ep = pool.pick(key, exclude=tried + avoid)
+            if ep is None:
+                ep = pool.pick(key, exclude=tried)
+            if ep is None:
+                break
+            tried.append(ep)
+            conn.ep = ep
+            pool.started(ep)
+            try:
+                async with asyncio.timeout(lst.connect_timeout if lst.connect_timeout > 0 else None):
+                    await loop.create_connection(lambda: _Upstream(conn), ep.address, ep.port)
+            except (OSError, TimeoutError) as exc:
+                pool.finished(ep)
+                conn.ep = None
+                self._report(ep, False)
+                timed_out = isinstance(exc, TimeoutError)
+                last_error = "timeout" if timed_out else (exc.strerror or type(exc).__name__)
+                failed[ep.cluster] = failed.get(ep.cluster, 0) + 1
+                # No answer at all (timeout) or a second failure in the same member: the member looks down,
+                # while one refused connect only says that pod is gone.
+                if timed_out or failed[ep.cluster] >= 2:
+                    down.add(ep.cluster)
+                log.info(
+                    "event=tcp_connect_failed listener=%s endpoint=%s error=%s attempt=%d",
+                    s.name,
+                    ep,
+                    last_error.replace(" ", "_"),
+                    len(tried),
+                )
+                continue
+            self._report(ep, True)
+            return
+        if not tried:
+            self.counts["no_upstream"] += 1
+            log.warning("event=tcp_no_upstream listener=%s service=%s reason=%r", s.name, s.service, pool.reason)
+            conn.finish("no_upstream")
+        else:
+            self.counts["connect_failed"] += 1
+            log.warning(
+                "event=tcp_upstream_unreachable listener=%s service=%s attempts=%d error=%s",
+                s.name,
+                s.service,
+                len(tried),
+                last_error.replace(" ", "_"),
+            )
+            conn.finish("connect_failed")
+
+    # Lifecycle
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting; open connections run until they end or ``timeout`` s pass, then are closed."""
+        self._draining = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._waiting):
+            conn.finish("draining")
+        if self._conns:
+            self._idle_event = asyncio.Event()
+            try:
+                async with asyncio.timeout(max(0.0, timeout)):
+                    await self._idle_event.wait()
+            except TimeoutError:
+                log.info("event=tcp_drain_deadline listener=%s closing=%d", self.name, len(self._conns))
+        for conn in list(self._conns):
+            conn.finish("drained", abort=True)
+        await self._tasks.close()
+        if self._server is not None:
+            server, self._server = self._server, None
+            await server.wait_closed()
+
+    async def close(self) -> None:
+        """Stop at once: the listener and every open connection are closed."""
+        await self.drain(0.0)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the admin state view (this process only)."""
+        return {
+            "listener": self.name,
+            "service": self._settings.service,
+            "port": self.port,
+            "active": self._admitted,
+            "waiting": len(self._waiting),
+            "draining": self._draining,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            **self.counts,
+        }

@@ -1,0 +1,166 @@
+"""HTTP/1.1 message heads as bytes: what the proxy forwards, strips and adds (pure: no sockets, no clock).
+
+The parser (httptools/llhttp) gives raw (name, value) pairs; these functions rebuild heads with one join
+and no per-request dict of every header. Hop-by-hop headers (RFC 9110 7.6.1: Connection and the names it
+lists, Keep-Alive, Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade) never cross the proxy; framing is set
+by the proxy for each side. Bodies are re-chunked when their length is unknown (chunk data from the parser,
+so trailers are dropped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from http import HTTPStatus
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Set by the proxy from what it saw, never trusted from the client as they are (appended to instead).
+_FORWARDING = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-for", b"forwarded", b"via"})
+VIA = b"1.1 fedproxy"
+CHUNK_END = b"0\r\n\r\n"
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Lowercase tokens of every Connection header ("close", "upgrade", extra hop-by-hop names)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(tokens)
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def request_head(
+    method: bytes,
+    target: bytes,
+    headers: Headers,
+    *,
+    client_ip: str,
+    host: bytes,
+    request_id: bytes,
+    has_request_id: bool,
+    chunked: bool,
+    websocket: bool,
+) -> bytes:
+    """The head sent upstream: hop-by-hop stripped, forwarding headers appended, framing set by us."""
+    drop = HOP_BY_HOP | connection_tokens(headers)
+    out = [b"%b %b HTTP/1.1\r\n" % (method, target)]
+    xff = b""
+    fwd = b""
+    via = b""
+    for name, value in headers:
+        low = name.lower()
+        if low in drop:
+            continue
+        if low in _FORWARDING:
+            if low == b"x-forwarded-for":
+                xff = xff + b", " + value if xff else value
+            elif low == b"forwarded":
+                fwd = fwd + b", " + value if fwd else value
+            elif low == b"via":
+                via = via + b", " + value if via else value
+            continue  # X-Forwarded-Proto/-Host are replaced with what this hop saw
+        out.append(b"%b: %b\r\n" % (name, value))
+    ip = client_ip.encode("ascii")
+    node = b'"[%b]"' % ip if b":" in ip else ip
+    out.append(b"X-Forwarded-For: %b\r\n" % (xff + b", " + ip if xff else ip))
+    out.append(b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: %b\r\n" % host)
+    here = b"for=%b;host=%b;proto=http" % (node, _quote(host))
+    out.append(b"Forwarded: %b\r\n" % (fwd + b", " + here if fwd else here))
+    out.append(b"Via: %b\r\n" % (via + b", " + VIA if via else VIA))
+    if not has_request_id:
+        out.append(b"X-Request-Id: %b\r\n" % request_id)
+    if chunked:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    if websocket:
+        out.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def _quote(host: bytes) -> bytes:
+    # RFC 7239 4: a host with a port or brackets is not a token, so it is quoted.
+    return b'"%b"' % host if (b":" in host or b"[" in host) else host
+
+
+def response_head(
+    status: int,
+    reason: bytes,
+    headers: Headers,
+    *,
+    framing: bytes,
+    keep_alive: bool,
+    http10: bool,
+    upgrade: bool = False,
+) -> bytes:
+    """The head sent to the client. ``framing``: b"length" (Content-Length kept), b"chunked", b"none", b"close"."""
+    drop = HOP_BY_HOP | connection_tokens(headers)
+    out = [b"HTTP/1.1 %d %b\r\n" % (status, reason or _reason(status))]
+    via = b""
+    for name, value in headers:
+        low = name.lower()
+        if low in drop:
+            continue
+        if low == b"via":
+            via = via + b", " + value if via else value
+            continue
+        if low == b"content-length" and framing != b"length":
+            continue
+        out.append(b"%b: %b\r\n" % (name, value))
+    out.append(b"Via: %b\r\n" % (via + b", " + VIA if via else VIA))
+    if upgrade:
+        out.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
+    else:
+        if framing == b"chunked":
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        if not keep_alive:
+            out.append(b"Connection: close\r\n")
+        elif http10:
+            out.append(b"Connection: keep-alive\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b"Unknown"
+
+
+def error_response(status: int, text: str, *, request_id: bytes = b"", keep_alive: bool = False) -> bytes:
+    """A complete plain-text response the proxy itself answers (404, 408, 431, 502, 503, 504...)."""
+    body = (text.rstrip("\n") + "\n").encode("utf-8", "replace")
+    rid = b"X-Request-Id: %b\r\n" % request_id if request_id else b""
+    conn = b"" if keep_alive else b"Connection: close\r\n"
+    return (
+        b"HTTP/1.1 %d %b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%b%bVia: %b\r\n\r\n%b"
+        % (status, _reason(status), len(body), rid, conn, VIA, body)
+    )
+
+
+def parse_cookies(header: bytes) -> dict[str, str]:
+    """``Cookie: a=1; b=2`` -> {"a": "1", "b": "2"} (first occurrence wins, values unquoted)."""
+    jar: dict[str, str] = {}
+    for part in header.decode("latin-1").split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name and name not in jar:
+            jar[name] = value.strip().strip('"')
+    return jar

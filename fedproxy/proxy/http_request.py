@@ -1,0 +1,126 @@
+"""Per-request state of the client side of the HTTP proxy, and the retry decision (no sockets).
+
+One ``Request`` is created per request head the client sends; it collects the head (raw header pairs plus
+the few values the proxy acts on), the body bytes sent upstream that may be replayed on a retry, and the
+response state. ``retry_kind`` maps an upstream failure to the RetryPolicy's names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..config import RetryPolicy
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+REPLAY_LIMIT = 64 * 1024  # bytes of request body kept for a retry; beyond it a started upload is not retried
+
+
+class Request:
+    __slots__ = (
+        "method",
+        "target",
+        "path",
+        "headers",
+        "host",
+        "http10",
+        "keep_alive",
+        "websocket",
+        "chunked",
+        "request_id",
+        "has_request_id",
+        "cookie",
+        "match_headers",
+        "head_bytes",
+        "body_done",
+        "body_in",
+        "pending",
+        "replay",
+        "replay_size",
+        "sent_body",
+        "bytes_out",
+        "status",
+        "started",
+        "head_waiter",
+        "done_waiter",
+        "committed",
+        "resp_pending",
+        "resp_framing",
+        "tunnel_pending",
+        "expect_continue",
+    )
+
+    def __init__(self, started: float) -> None:
+        self.method = b""
+        self.target = b""
+        self.path = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host = b""
+        self.http10 = False
+        self.keep_alive = True
+        self.websocket = False
+        self.chunked = False  # request body is chunked (re-chunked upstream)
+        self.request_id = b""
+        self.has_request_id = False
+        self.cookie = b""
+        self.match_headers: dict[str, str] = {}  # only the names the router asked for
+        self.head_bytes = 0
+        self.body_done = False
+        self.body_in = 0
+        self.pending: list[bytes] = []  # framed body bytes not yet written upstream
+        self.replay: list[bytes] | None = []  # framed body bytes written upstream, kept while small
+        self.replay_size = 0
+        self.sent_body = False  # any body byte went upstream on the current attempt
+        self.bytes_out = 0
+        self.status = 0
+        self.started = started
+        self.head_waiter: asyncio.Future[None] | None = None
+        self.done_waiter: asyncio.Future[None] | None = None
+        self.committed = False  # the response head went to the client: no retry, no error page
+        self.resp_pending: list[bytes] = []
+        self.resp_framing = b"length"
+        self.tunnel_pending: list[bytes] = []
+        self.expect_continue = False
+
+    @property
+    def idempotent(self) -> bool:
+        return self.method in IDEMPOTENT
+
+    def keep_for_replay(self, framed: bytes) -> None:
+        """Remember body bytes sent upstream so a retry can send them again, up to REPLAY_LIMIT."""
+        if self.replay is None:
+            return
+        self.replay_size += len(framed)
+        if self.replay_size > REPLAY_LIMIT:
+            self.replay = None
+        else:
+            self.replay.append(framed)
+
+
+def retry_kind(error: str, status: int = 0) -> tuple[str, ...]:
+    """The RetryPolicy ``on`` names an outcome matches ("refused" is also a "connect-failure")."""
+    if error == "refused":
+        return ("refused", "connect-failure")
+    if error:
+        return (error,)
+    if status in (502, 503, 504):
+        return ("gateway-error", "5xx")
+    if status >= 500:
+        return ("5xx",)
+    return ()
+
+
+def may_retry(req: Request, policy: RetryPolicy, retries: int, kinds: tuple[str, ...], request_sent: bool) -> bool:
+    """BALANCING.md: only listed outcomes; a non-idempotent request only if no byte of it was sent; a body
+    already streamed past the replay buffer cannot be sent again."""
+    if retries >= policy.attempts or not any(k in policy.on for k in kinds):
+        return False
+    if request_sent and not req.idempotent:
+        return False
+    if req.websocket:
+        return not request_sent
+    return not (req.sent_body and req.replay is None)
+
+
+def backoff(policy: RetryPolicy, retries: int, roll: float) -> float:
+    """Jittered exponential backoff (Envoy: base 25 ms, cap 250 ms); ``roll`` in [0, 1)."""
+    return min(policy.backoff_max, policy.backoff_base * (2**retries)) * (0.5 + roll / 2)

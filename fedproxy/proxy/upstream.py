@@ -1,0 +1,261 @@
+"""Upstream HTTP/1.1 connections: one Protocol per connection and a small keep-alive pool per endpoint.
+
+An ``UpstreamProtocol`` carries one request at a time for a *sink* (the client connection's protocol, see
+``Sink``): it parses only the response head with httptools (llhttp) and hands body bytes on as they come.
+After a 101 it becomes a byte splice. Back-pressure: this protocol's ``flow`` pauses the client while the
+upstream cannot take more request bytes; the client side pauses this transport the other way.
+``UpstreamPool`` keeps up to ``max_idle`` idle connections per endpoint, each closed after the idle timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import httptools
+
+from ..model import Endpoint
+from .flow import FlowControl
+
+log = logging.getLogger("fedproxy.proxy.upstream")
+
+MAX_IDLE_PER_ENDPOINT = 32  # idle keep-alive connections kept per endpoint (nginx keepalive default is 32)
+MAX_RESPONSE_HEAD = 64 * 1024  # bytes; a larger response head is a broken upstream
+
+
+class UpstreamLost(ConnectionError):
+    """The upstream connection ended before the response was complete."""
+
+    def __init__(self, message: str, got_bytes: bool) -> None:
+        super().__init__(message)
+        self.got_bytes = got_bytes  # any response byte arrived (then a retry would not be safe)
+
+
+class Sink(Protocol):
+    """What the client side receives from an upstream connection (callbacks run in the loop thread)."""
+
+    def on_response_head(self, up: UpstreamProtocol) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_complete(self) -> None: ...
+    def on_upstream_lost(self, exc: Exception) -> None: ...
+    def on_tunnel_data(self, data: bytes) -> None: ...
+    def on_informational(self, up: UpstreamProtocol) -> None: ...
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    def __init__(self, pool: UpstreamPool, ep: Endpoint) -> None:
+        # Per connection.
+        self.pool = pool
+        self.ep = ep
+        self.transport: asyncio.Transport | None = None
+        self.flow = FlowControl()  # request direction: the client is the source, we are the sink
+        self.closed = False
+        self.idle_handle: asyncio.TimerHandle | None = None
+        # Per response.
+        self.sink: Sink | None = None
+        self.parser: httptools.HttpResponseParser | None = None
+        self.head_request = False
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.content_length = False
+        self.chunked = False
+        self.got_bytes = False
+        self.head_done = False
+        self.complete = False
+        self.keep_alive = True
+        self.upgraded = False
+
+    def begin(self, sink: Sink, head_request: bool) -> None:
+        """Start a request/response on this connection for ``sink`` (the caller writes the request)."""
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+            self.idle_handle = None
+        self.sink = sink
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_request = head_request
+        self.status, self.reason, self.headers, self.head_bytes = 0, b"", [], 0
+        self.content_length = self.chunked = self.got_bytes = self.head_done = self.complete = False
+        self.keep_alive = True
+
+    def detach(self) -> None:
+        self.sink = None
+        self.flow.set_source(None)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def reusable(self) -> bool:
+        return not self.closed and self.complete and self.keep_alive and not self.upgraded
+
+    # Protocol interface
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is None:
+            # Bytes on an idle connection: the upstream broke framing or is closing; never reuse it.
+            self.close()
+            return
+        if self.upgraded:
+            sink.on_tunnel_data(data)
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)  # type: ignore[union-attr]
+        except httptools.HttpParserUpgrade as exc:
+            if self.status == 101:
+                self.upgraded = True
+                rest = data[exc.args[0] :]
+                if rest:
+                    sink.on_tunnel_data(rest)
+            else:
+                self._fail("upgrade without 101")
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(f"bad response: {exc}")
+            return
+        if self.head_done and not self.complete and self.head_request:
+            self._complete()  # a HEAD response has no body whatever its Content-Length says
+
+    def _fail(self, message: str) -> None:
+        sink = self.sink
+        self.keep_alive = False
+        self.close()
+        if sink is not None and not self.complete:
+            self.sink = None
+            sink.on_upstream_lost(UpstreamLost(message, self.got_bytes))
+
+    def _complete(self) -> None:
+        self.complete = True
+        sink = self.sink
+        if sink is not None:
+            sink.on_response_complete()
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.flow.connection_lost()
+        self.pool.forget(self)
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+            self.idle_handle = None
+        sink, self.sink = self.sink, None
+        if sink is None or self.complete:
+            return
+        if self.upgraded:
+            sink.on_response_complete()
+        elif self.head_done and not self.content_length and not self.chunked and self.parser is not None:
+            # A close-delimited body (RFC 9112 6.3 rule 8) ends here.
+            self.complete = True
+            sink.on_response_complete()
+        else:
+            sink.on_upstream_lost(UpstreamLost(f"upstream closed: {exc or 'eof'}", self.got_bytes))
+
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+
+    # Parser callbacks
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > MAX_RESPONSE_HEAD:
+            raise ValueError("response head too large")
+        low = name.lower()
+        if low == b"content-length":
+            self.content_length = True
+        elif low == b"transfer-encoding" and b"chunked" in value.lower():
+            self.chunked = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        assert parser is not None
+        self.status = parser.get_status_code()
+        if 100 <= self.status < 200 and self.status != 101:
+            if self.sink is not None:
+                self.sink.on_informational(self)
+            self.reason, self.headers, self.head_bytes = b"", [], 0
+            self.content_length = self.chunked = False
+            return
+        self.head_done = True
+        self.keep_alive = parser.should_keep_alive()
+        if self.sink is not None:
+            self.sink.on_response_head(self)
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None and not self.complete:
+            self.sink.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.head_done and not self.complete and self.status != 101:
+            self._complete()
+
+
+class UpstreamPool:
+    """Keep-alive connections per endpoint: ``acquire`` reuses an idle one or connects; ``release`` keeps it."""
+
+    def __init__(self, max_idle: int = MAX_IDLE_PER_ENDPOINT) -> None:
+        self.max_idle = max_idle
+        self._idle: dict[Endpoint, list[UpstreamProtocol]] = {}
+        self.connects = 0
+        self.reuses = 0
+
+    async def acquire(self, ep: Endpoint, connect_timeout: float) -> tuple[UpstreamProtocol, bool]:
+        """A connection to ``ep`` and whether it was reused; raises OSError/TimeoutError on connect failure."""
+        idle = self._idle.get(ep)
+        while idle:
+            up = idle.pop()
+            if not up.closed and up.transport is not None and not up.transport.is_closing():
+                self.reuses += 1
+                return up, True
+        loop = asyncio.get_running_loop()
+        factory: Callable[[], UpstreamProtocol] = lambda: UpstreamProtocol(self, ep)  # noqa: E731
+        async with asyncio.timeout(connect_timeout if connect_timeout > 0 else None):
+            _transport, up = await loop.create_connection(factory, ep.address, ep.port)
+        self.connects += 1
+        return up, False
+
+    def release(self, up: UpstreamProtocol, idle_timeout: float) -> None:
+        """Keep ``up`` for the next request to its endpoint, or close it if it cannot be reused."""
+        up.detach()
+        idle = self._idle.setdefault(up.ep, [])
+        if not up.reusable or len(idle) >= self.max_idle or idle_timeout <= 0:
+            up.close()
+            return
+        idle.append(up)
+        up.idle_handle = asyncio.get_running_loop().call_later(idle_timeout, up.close)
+
+    def forget(self, up: UpstreamProtocol) -> None:
+        idle = self._idle.get(up.ep)
+        if idle and up in idle:
+            idle.remove(up)
+            if not idle:
+                del self._idle[up.ep]
+
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    def close(self) -> None:
+        """Close every idle connection (in-use ones are closed by their client side)."""
+        for idle in list(self._idle.values()):
+            for up in list(idle):
+                up.close()
+        self._idle.clear()

@@ -1,0 +1,199 @@
+"""DNS listeners: UDP and TCP sockets around the pure answer path (I/O only).
+
+The runtime calls :meth:`DnsServer.update` on every serving-state swap; the table is rebuilt at once so answers
+change with the state. Round-robin counters live here, outside the table, so a rebuild keeps every rotation
+that the change did not touch. TCP follows RFC 7766: 2-byte length framing, several queries per connection
+(pipelined, answered in order), an idle timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from prometheus_client import Counter, Histogram
+
+from ..balancing import ServingState
+from ..config import DnsConfig
+from . import wire
+from .answer import AnswerTable, answer, build_table
+from .table import RoundRobinState
+
+log = logging.getLogger("fedproxy.dns")
+
+ANSWERS = Counter("fedproxy_dns_answers", "DNS responses sent, by rcode and query type", ["rcode", "qtype"])
+BUILD_SECONDS = Histogram(
+    "fedproxy_dns_table_build_seconds",
+    "Time to rebuild the DNS answer table after a state change",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
+)
+RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS"}
+QTYPES = {1: "A", 2: "NS", 6: "SOA", 16: "TXT", 28: "AAAA", 33: "SRV", 255: "ANY", 0: "none"}
+TCP_IDLE_TIMEOUT = 10.0  # s, RFC 7766 6.2.3 suggests seconds, not minutes, for an idle connection
+
+
+class DnsServer:
+    """Authoritative DNS for the clusterset domain on ``config.address:config.port`` (UDP and TCP)."""
+
+    def __init__(self, config: DnsConfig, get_state: Callable[[], ServingState], reuse_port: bool = False) -> None:
+        self.config = config
+        self.get_state = get_state
+        self.reuse_port = reuse_port
+        self.rr_state: RoundRobinState = {}
+        self.table: AnswerTable | None = None
+        self.port = config.port
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._connections: set[DnsTcpProtocol] = set()
+        self._counters: dict[tuple[int, int], Counter] = {}
+
+    def update(self, state: ServingState) -> None:
+        """Rebuild the answer table from ``state`` (called on every state swap)."""
+        started = time.perf_counter()
+        self.table = build_table(state, self.rr_state, self.config)
+        elapsed = time.perf_counter() - started
+        BUILD_SECONDS.observe(elapsed)
+        log.debug(
+            "event=dns_table_built version=%s names=%d seconds=%.4f", state.version, len(self.table.names), elapsed
+        )
+
+    def handle(self, data: bytes, transport: str) -> bytes | None:
+        """One query -> its response (None: drop); counts it. Never raises."""
+        table = self.table
+        if table is None:
+            self.update(self.get_state())
+            table = self.table
+        assert table is not None
+        try:
+            out, rcode, qtype = answer(table, data, transport)  # type: ignore[arg-type]
+        except Exception:  # a bug must cost one answer, not the listener
+            log.exception("event=dns_answer_failed size=%d", len(data))
+            out = wire.header_only(data, wire.SERVFAIL) if len(data) >= 12 else None
+            rcode, qtype = wire.SERVFAIL, 0
+        if out is not None:
+            counter = self._counters.get((rcode, qtype))
+            if counter is None:
+                counter = ANSWERS.labels(RCODES.get(rcode, str(rcode)), QTYPES.get(qtype, "other"))
+                self._counters[(rcode, qtype)] = counter
+            counter.inc()
+        return out
+
+    async def start(self) -> None:
+        """Bind UDP then TCP on the same port (port 0: an ephemeral port free for both, in ``self.port``)."""
+        if self.table is None:
+            self.update(self.get_state())
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in self.config.address else socket.AF_INET
+        for attempt in range(8):
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: DnsUdpProtocol(self),
+                local_addr=(self.config.address, self.config.port),
+                family=family,
+                reuse_port=self.reuse_port or None,
+            )
+            port = udp.get_extra_info("sockname")[1]
+            try:
+                self._tcp = await loop.create_server(
+                    lambda: DnsTcpProtocol(self),
+                    self.config.address,
+                    port,
+                    family=family,
+                    reuse_address=True,
+                    reuse_port=self.reuse_port or None,
+                )
+            except OSError:
+                udp.close()
+                if self.config.port or attempt == 7:
+                    raise
+                continue  # the ephemeral UDP port is taken for TCP: try another
+            self._udp = udp  # type: ignore[assignment]
+            self.port = port
+            break
+        log.info("event=dns_listening address=%s port=%d", self.config.address, self.port)
+
+    async def close(self) -> None:
+        """Stop both listeners and close open TCP connections."""
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._tcp is not None:
+            self._tcp.close()
+            for conn in list(self._connections):
+                conn.close()
+            await self._tcp.wait_closed()
+            self._tcp = None
+
+
+class DnsUdpProtocol(asyncio.DatagramProtocol):
+    """One datagram in, at most one datagram out."""
+
+    def __init__(self, server: DnsServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    # Protocol interface
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        out = self.server.handle(data, "udp")
+        if out is not None and self.transport is not None:
+            self.transport.sendto(out, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("event=dns_udp_error error=%s", exc)
+
+
+class DnsTcpProtocol(asyncio.Protocol):
+    """RFC 7766 framing: queries are answered in the order they arrive on the connection."""
+
+    def __init__(self, server: DnsServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.idle: asyncio.TimerHandle | None = None
+
+    # Protocol interface
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server._connections.add(self)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server._connections.discard(self)
+        if self.idle is not None:
+            self.idle.cancel()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        out = []
+        while len(self.buffer) >= 2:
+            size = (self.buffer[0] << 8) | self.buffer[1]
+            if len(self.buffer) < 2 + size:
+                break
+            query = bytes(self.buffer[2 : 2 + size])
+            del self.buffer[: 2 + size]
+            response = self.server.handle(query, "tcp")
+            if response is None:
+                # A response or a runt where a query belongs: the peer is not speaking DNS.
+                if out and self.transport is not None:
+                    self.transport.write(b"".join(out))
+                self.close()
+                return
+            out.append(len(response).to_bytes(2, "big") + response)
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
+        self._arm()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _arm(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(TCP_IDLE_TIMEOUT, self.close)

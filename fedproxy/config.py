@@ -213,6 +213,15 @@ class BalancingConfig:
     slow_start: float = 0.0  # s over which a new or readmitted endpoint ramps from 10 % to full weight
     outlier: OutlierConfig = OutlierConfig()
     health_checks: Mapping[ServiceKey, HealthCheckConfig] = field(default_factory=empty_map)
+    hash_algorithm: Literal["maglev", "ring"] = "maglev"  # Maglev: O(1) lookups, ~2x a ring's remapping
+    maglev_table_size: int = 65537  # slots, a prime (Envoy's default); >= 100 x endpoints for an even spread
+    balance_factor: float = 1.25  # bounded-load hashing: max active per endpoint / average (HAProxy 125); 0 = off
+    max_connections: int = 1024  # per pool, upstream connections (Envoy circuit breaker default)
+    max_pending: int = 1024  # per pool, requests waiting for a connection (Envoy)
+    max_requests: int = 1024  # per pool, requests in flight (Envoy)
+    max_retries: int = 3  # per pool, retries in flight (Envoy)
+    retry_budget_percent: float = 20.0  # % of active + pending requests that may be retries (Envoy retry budget)
+    retry_budget_min: int = 3  # retries always allowed whatever the budget says (Envoy min_retry_concurrency)
 
 
 @dataclass(frozen=True)

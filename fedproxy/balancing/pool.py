@@ -1,14 +1,34 @@
 """Pools: for one service port, the endpoints of every member in locality tiers, and a picker (pure).
 
-Theory of operation (Envoy priority levels, see shared/BALANCING.md): members are put in tiers by locality
-relative to the local member (local, same zone, same region, rest). Each tier gets a share of the traffic
-("priority load") from its health; inside a tier a weighted picker chooses an endpoint. A pool is built
-from immutable inputs (catalog, config, health view, overrides, now) and is replaced, never edited, when
-any of them change; only picker state (round-robin position, active requests) lives inside it.
+Theory of operation (Envoy priority levels, see shared/BALANCING.md and :mod:`.tiers`): members are put in
+tiers by locality relative to the local member (local, same zone, same region, rest). Each tier gets a share
+of the traffic ("priority load") from its health; inside a tier a picker from :data:`.pickers.PICKERS`
+chooses an endpoint. A pool is built from immutable inputs (catalog, config, health view, overrides, now) and
+is replaced, never edited, when any of them change; only picker state lives inside it, and the active-request
+counts and circuit breaker are handed from a pool to the one rebuilt after it (``previous``).
+
+Effective weights inside a tier (BALANCING.md). For member c with weight W_c (config, replaced by a non-zero
+admin override), n_c endpoints of which h_c healthy, and degradation d_c = min(1, overprovisioning x h_c / n_c):
+- default: every healthy endpoint weighs ``W_c x d_c``, so a member's share is ``W_c x h_c x d_c`` (each pod a
+  fair share whichever member it is in, less for a degraded member, as Envoy's locality weights);
+- per-route ``clusters: {east-1: 90, west-1: 10}``: every healthy endpoint weighs ``R_c x d_c / h_c``, so the
+  members' shares follow the route's numbers whatever their pod counts; members the route does not name get
+  nothing. Admin weight overrides do not change route percentages; an admin weight of 0 or a drain removes a
+  member everywhere.
+- a panicking tier weighs every endpoint as if healthy (d = 1, h = n).
+- slow start (``balancing.slow_start`` = window s, 0 = off): an endpoint in ``HealthView.since`` less than a
+  window ago weighs ``w x (0.1 + 0.9 x elapsed / window)`` (Envoy slow start, aggression 1.0, min 10 %). The
+  ramp is fixed at build time; ``Pool.refresh_at`` says when the runtime should rebuild to move it on.
+- consistent-hash tables use the weights without health or slow start, so keys only move when endpoints do.
+
+The tier for a pick comes from a roll against the cumulative loads: a seeded random roll, or for hash pools
+the key itself (so a key keeps its tier as well as its endpoint). When the rolled tier has nothing left (all
+excluded), the following tiers are tried in order, then the preceding ones (retry redispatch).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +36,15 @@ from dataclasses import dataclass, field
 from ..catalog import Catalog, cluster_backends
 from ..config import Algorithm, BalancingConfig, HashConfig
 from ..model import BackendChoice, Endpoint, ServiceKey, empty_map
-from .tiers import priority_loads, tier_of
+from .health import HealthView
+from .limits import CircuitBreaker, Limits
+from .pickers import PICKERS, Load, Picker, PickerOptions
+from .tiers import priority_loads, tier_health, tier_of
+
+__all__ = ["NO_HEALTH", "NO_OVERRIDES", "HealthView", "Overrides", "Pool", "PoolSpec", "Tier", "build_pool"]
+
+SLOW_START_MIN = 0.1  # Envoy's min_weight_percent default (10 %)
+SLOW_START_STEPS = 10  # rebuilds per slow-start window
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +67,6 @@ class Overrides:
     weights: Mapping[str, int] = field(default_factory=empty_map)
 
 
-@dataclass(frozen=True, slots=True)
-class HealthView:
-    """Endpoints that health (passive ejection or active checks) says are down, as of one moment."""
-
-    unhealthy: frozenset[Endpoint] = frozenset()
-
-
 NO_HEALTH = HealthView()
 NO_OVERRIDES = Overrides()
 
@@ -56,12 +77,14 @@ class Tier:
 
     rank: int  # 0 local, 1 zone, 2 region, 3 rest
     endpoints: tuple[Endpoint, ...]
-    weights: tuple[float, ...]
+    weights: tuple[float, ...]  # effective weights (0 for endpoints that cannot be picked)
     healthy: tuple[bool, ...]
     load: int = 0  # percent of traffic this tier takes (all tiers sum to 100 when any has endpoints)
     panic: bool = False
-    # Smooth weighted round-robin state (nginx): current weight per endpoint.
-    current: list[float] = field(default_factory=list)
+    health: float = 0.0  # min(100, overprovisioning x healthy%)
+    capacity: float = 0.0  # what spill into this tier is shared by
+    picker: Picker | None = None
+    clusters: frozenset[str] = frozenset()
 
     @property
     def healthy_count(self) -> int:
@@ -72,10 +95,20 @@ class Tier:
 class Pool:
     spec: PoolSpec
     tiers: tuple[Tier, ...]
-    reason: str = ""  # why the pool is empty ("" when it has endpoints)
+    reason: str = ""  # why the pool picks nothing ("" when it can pick)
     cluster_reasons: Mapping[str, str] = field(default_factory=empty_map)  # member -> why it adds nothing
     rng: random.Random = field(default_factory=random.Random)
-    active: dict[Endpoint, int] = field(default_factory=dict)
+    load: Load = field(default_factory=Load)
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    refresh_at: float | None = None  # when slow start wants a rebuild (None: no ramp in progress)
+    failed: bool = False  # fail_on_panic engaged: pick returns None
+    cum: tuple[int, ...] = ()  # cumulative tier loads
+    cluster_tier: Mapping[str, int] = field(default_factory=empty_map)
+
+    @property
+    def active(self) -> dict[Endpoint, int]:
+        """Active requests per endpoint (started and not finished)."""
+        return self.load.active
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
@@ -85,62 +118,76 @@ class Pool:
     def clusters(self) -> frozenset[str]:
         return frozenset(e.cluster for e in self.endpoints)
 
+    def tier_for(self, roll: int) -> int:
+        """Index of the tier a roll in [0, 100) lands in."""
+        for i, c in enumerate(self.cum):
+            if roll < c:
+                return i
+        return 0
+
+    def roll(self, hash_key: int | None) -> int:
+        """Hash pools roll from the key (bits independent of the table slot), others from the seeded rng."""
+        if hash_key is not None and self.spec.algorithm == "hash":
+            return (hash_key >> 40) % 100
+        return self.rng.randrange(100)
+
     def pick(
         self,
         hash_key: int | None = None,
         exclude: Collection[Endpoint] = (),
         cluster: str | None = None,
     ) -> Endpoint | None:
-        """One endpoint, or None when there is nothing left to pick.
+        """One endpoint, or None when there is nothing left to pick (``reason`` says why when it is the pool).
 
         ``exclude``: endpoints already tried (retries never reuse one). ``cluster``: pin to one member.
         ``hash_key``: an integer from the request's affinity key (only used by the hash algorithm).
         """
-        tiers = [t for t in self.tiers if t.load > 0] or list(self.tiers)
-        if cluster is not None or exclude:
-            tiers = list(self.tiers)
-        roll = self.rng.randrange(100)
-        ordered: list[Tier] = []
-        acc = 0
-        for t in tiers:
-            acc += t.load
-            if roll < acc:
-                ordered.insert(0, t)
-            else:
-                ordered.append(t)
-        for t in ordered:
-            ep = self._pick_in(t, exclude, cluster)
+        tiers = self.tiers
+        if self.failed or not tiers:
+            return None
+        if cluster is not None:
+            i = self.cluster_tier.get(cluster)
+            picker = tiers[i].picker if i is not None else None
+            return picker.pick(hash_key, exclude, cluster) if picker is not None else None
+        first = self.tier_for(self.roll(hash_key)) if len(tiers) > 1 else 0
+        picker = tiers[first].picker
+        if picker is not None:
+            ep = picker.pick(hash_key, exclude, None)
             if ep is not None:
                 return ep
+        for i in (*range(first + 1, len(tiers)), *range(first)):
+            picker = tiers[i].picker
+            if picker is not None:
+                ep = picker.pick(hash_key, exclude, None)
+                if ep is not None:
+                    return ep
         return None
 
-    def _pick_in(self, tier: Tier, exclude: Collection[Endpoint], cluster: str | None) -> Endpoint | None:
-        use_all = tier.panic
-        best = -1
-        total = 0.0
-        for i, ep in enumerate(tier.endpoints):
-            if (not use_all and not tier.healthy[i]) or ep in exclude or (cluster and ep.cluster != cluster):
-                continue
-            w = tier.weights[i]
-            tier.current[i] += w
-            total += w
-            if best < 0 or tier.current[i] > tier.current[best]:
-                best = i
-        if best < 0:
-            return None
-        tier.current[best] -= total
-        return tier.endpoints[best]
-
     def started(self, ep: Endpoint) -> None:
-        """A request (or connection) to ``ep`` began: least-request and circuit breakers count it."""
-        self.active[ep] = self.active.get(ep, 0) + 1
+        """A request (or connection) to ``ep`` began: least-request and bounded hashing count it."""
+        self.load.started(ep)
 
     def finished(self, ep: Endpoint) -> None:
-        n = self.active.get(ep, 0) - 1
-        if n > 0:
-            self.active[ep] = n
-        else:
-            self.active.pop(ep, None)
+        """The request ``started`` for ``ep`` is over (pairs with ``started``; extra calls are ignored)."""
+        self.load.finished(ep)
+
+
+def _capped_unhealthy(endpoints: list[Endpoint], health: HealthView, max_percent: float) -> frozenset[Endpoint]:
+    """Down endpoints of one pool, with outlier ejections beyond ``max_percent`` of it readmitted here."""
+    down = {ep for ep in endpoints if ep in health.unhealthy}
+    ejected = [ep for ep in down if ep in health.ejected]
+    allowed = max(1, math.floor(max_percent * len(endpoints) / 100.0))
+    if len(ejected) > allowed:
+        ejected.sort(key=lambda ep: (health.ejected[ep], str(ep)))
+        down.difference_update(ejected[allowed:])
+    return frozenset(down)
+
+
+def _ramp(ep: Endpoint, health: HealthView, window: float, now: float) -> float:
+    since = health.since.get(ep)
+    if window <= 0 or since is None or now - since >= window:
+        return 1.0
+    return SLOW_START_MIN + (1.0 - SLOW_START_MIN) * max(0.0, now - since) / window
 
 
 def build_pool(
@@ -151,16 +198,25 @@ def build_pool(
     overrides: Overrides = NO_OVERRIDES,
     now: float = 0.0,
     seed: int | None = None,
+    previous: Pool | None = None,
 ) -> Pool:
-    """Pool for ``spec`` from the catalog; members disconnected or drained add nothing (with a reason)."""
+    """Pool for ``spec`` from the catalog; members disconnected or drained add nothing (with a reason).
+
+    ``previous``: the pool this one replaces (same spec); its active counts and circuit breaker carry over.
+    Linear in the endpoints (hash tables are memoized per endpoint set).
+    """
+    load = previous.load if previous is not None else Load()
+    breaker = previous.breaker if previous is not None else CircuitBreaker(Limits.from_config(settings))
+    rng = random.Random(seed)
     svc = catalog.services.get(spec.service)
     if svc is None:
-        return Pool(spec, (), reason=f"service {spec.service} is not exported by any member")
+        reason = f"service {spec.service} is not exported by any member"
+        return Pool(spec, (), reason=reason, rng=rng, load=load, breaker=breaker)
     local = catalog.clusters.get(catalog.local)
     route_weights = dict(spec.cluster_weights)
-    by_rank: dict[int, list[tuple[Endpoint, float, bool]]] = {}
     reasons: dict[str, str] = dict(svc.excluded)
-    for name, side in svc.clusters.items():
+    members: list[tuple[int, str, float, tuple[Endpoint, ...], float]] = []  # rank, name, weight, eps, capacity
+    for name, side in sorted(svc.clusters.items()):
         info = catalog.clusters.get(name)
         if info is None or not info.connected:
             reasons[name] = "member disconnected"
@@ -168,41 +224,117 @@ def build_pool(
         if name in overrides.drained:
             reasons[name] = "member drained"
             continue
-        weight = route_weights.get(name, overrides.weights.get(name, info.weight))
-        if route_weights and name not in route_weights:
-            weight = 0
-        if weight <= 0:
+        override = overrides.weights.get(name)
+        if route_weights:
+            weight = route_weights.get(name, 0)
+        else:
+            weight = info.weight if override is None else override
+        if override == 0 or weight <= 0:
             reasons[name] = "weight 0"
             continue
         backends = cluster_backends(side, info, spec.port, spec.backend)
         if not backends.endpoints:
             reasons[name] = backends.reason
             continue
-        rank = tier_of(local, info, settings.locality)
-        n = len(backends.endpoints)
-        for ep in backends.endpoints:
-            # Each endpoint gets cluster weight / endpoints, so a member's share follows its weight
-            # when route weights are set, and each pod's share is fair otherwise (BALANCING.md).
-            w = weight / n if route_weights else float(weight)
-            by_rank.setdefault(rank, []).append((ep, w, ep not in health.unhealthy))
-    tiers = []
+        capacity = -1.0 if info.capacity is None else float(info.capacity)
+        members.append((tier_of(local, info, settings.locality), name, float(weight), backends.endpoints, capacity))
+    all_eps = [ep for m in members for ep in m[3]]
+    down = _capped_unhealthy(all_eps, health, settings.outlier.max_ejection_percent)
+    by_rank: dict[int, list[tuple[str, float, tuple[Endpoint, ...], float]]] = {}
+    for rank, name, weight, eps, capacity in members:
+        by_rank.setdefault(rank, []).append((name, weight, eps, capacity))
+    op = settings.overprovisioning
+    window = settings.slow_start
+    ramp_ends: list[float] = []
+    tiers: list[Tier] = []
+    tier_members = []
     for rank in sorted(by_rank):
-        items = by_rank[rank]
+        eps_t: list[Endpoint] = []
+        healthy_t: list[bool] = []
+        cap_t = 0.0
+        for _name, _weight, eps, capacity in by_rank[rank]:
+            ok = [ep not in down for ep in eps]
+            eps_t.extend(eps)
+            healthy_t.extend(ok)
+            cap_t += capacity if capacity >= 0 else sum(ok)
         tiers.append(
             Tier(
                 rank,
-                tuple(i[0] for i in items),
-                tuple(i[1] for i in items),
-                tuple(i[2] for i in items),
-                current=[0.0] * len(items),
+                tuple(eps_t),
+                (),
+                tuple(healthy_t),
+                capacity=cap_t,
+                clusters=frozenset(n for n, *_ in by_rank[rank]),
             )
         )
+        tier_members.append(by_rank[rank])
     loads, panics = priority_loads(
         [(t.healthy_count, len(t.endpoints)) for t in tiers],
-        settings.overprovisioning,
+        op,
         settings.panic_threshold,
+        [t.capacity for t in tiers],
     )
-    for t, load, panic in zip(tiers, loads, panics, strict=True):
-        t.load, t.panic = load, panic
-    reason = "" if tiers else ("no member has endpoints: " + "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items())))
-    return Pool(spec, tuple(tiers), reason, reasons, random.Random(seed))
+    options = PickerOptions(
+        hash_algorithm=settings.hash_algorithm,
+        table_size=settings.maglev_table_size,
+        balance_factor=settings.balance_factor,
+    )
+    picker_cls = PICKERS.get(spec.algorithm, PICKERS["round_robin"])
+    cluster_tier: dict[str, int] = {}
+    for ti, (t, load_pct, panic, group) in enumerate(zip(tiers, loads, panics, tier_members, strict=True)):
+        t.load, t.panic, t.health = load_pct, panic, tier_health(t.healthy_count, len(t.endpoints), op)
+        weights: list[float] = []
+        table_weights: list[float] = []
+        eligible: list[bool] = []
+        k = 0
+        for name, weight, eps, _cap in group:
+            cluster_tier[name] = ti
+            n = len(eps)
+            h = sum(t.healthy[k : k + n])
+            if panic:
+                h, degrade = n, 1.0
+            else:
+                degrade = min(1.0, op * h / n)
+            per_ep = weight * degrade / h if route_weights and h else weight * degrade
+            base = weight / n if route_weights else weight
+            for j, ep in enumerate(eps):
+                ok = panic or t.healthy[k + j]
+                ramp = _ramp(ep, health, window, now)
+                if ramp < 1.0:
+                    ramp_ends.append(health.since[ep] + window)
+                weights.append(per_ep * ramp if ok else 0.0)
+                table_weights.append(base)
+                eligible.append(ok)
+            k += n
+        t.weights = tuple(weights)
+        t.picker = picker_cls(t.endpoints, weights, eligible, rng, load, options, table_weights)
+    reason = ""
+    failed = False
+    if not tiers:
+        reason = "no member has endpoints: " + "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
+    elif settings.fail_on_panic and any(t.panic and t.load > 0 for t in tiers):
+        failed = True
+        reason = "panic: " + ", ".join(
+            f"tier {t.rank} has {t.healthy_count}/{len(t.endpoints)} healthy (< {settings.panic_threshold:g} %)"
+            for t in tiers
+            if t.panic and t.load > 0
+        )
+    cum: list[int] = []
+    acc = 0
+    for t in tiers:
+        acc += t.load
+        cum.append(acc)
+    refresh_at = min(min(ramp_ends), now + window / SLOW_START_STEPS) if ramp_ends else None
+    return Pool(
+        spec,
+        tuple(tiers),
+        reason,
+        reasons,
+        rng,
+        load,
+        breaker,
+        refresh_at,
+        failed,
+        tuple(cum),
+        cluster_tier,
+    )

@@ -17,6 +17,7 @@ from .pool import NO_HEALTH, NO_OVERRIDES, HealthView, Overrides, Pool, PoolSpec
 
 
 def route_spec(route: HttpRoute, config: Config) -> PoolSpec:
+    """The pool an HTTP route balances over (a route hash config makes it a hash pool)."""
     algorithm = "hash" if route.hash is not None else config.balancing.algorithm
     return PoolSpec(
         service=route.service,
@@ -29,6 +30,7 @@ def route_spec(route: HttpRoute, config: Config) -> PoolSpec:
 
 
 def tcp_spec(listener: TcpListener, config: Config) -> PoolSpec:
+    """The pool a TCP listener balances over."""
     algorithm = "hash" if listener.hash_source_ip else config.balancing.algorithm
     # A TCP listener can only hash on the source IP: there are no headers or cookies at L4.
     hash_cfg = HashConfig(on="source_ip") if algorithm == "hash" else None
@@ -71,6 +73,14 @@ def build_state(
     overrides: Overrides = NO_OVERRIDES,
     now: float = 0.0,
     version: int = 0,
+    previous: ServingState | None = None,
+    seed: int | None = None,
 ) -> ServingState:
-    pools = {spec: build_pool(spec, catalog, config.balancing, health, overrides, now) for spec in pool_specs(config)}
+    """Every pool the config needs; pools of ``previous`` with the same spec hand over their active counts
+    and circuit breakers (in-flight requests finish on the pool they started with, which shares them)."""
+    old = previous.pools if previous is not None else {}
+    pools = {
+        spec: build_pool(spec, catalog, config.balancing, health, overrides, now, seed, old.get(spec))
+        for spec in pool_specs(config)
+    }
     return ServingState(version, config, catalog, health, overrides, pools)

@@ -1,18 +1,42 @@
-"""Locality tiers and priority load (pure; Envoy's priority levels, shared/BALANCING.md).
+"""Locality tiers, priority load, panic and capacity-aware spill (pure; shared/BALANCING.md).
 
-A member's tier relative to the local one: 0 local, 1 same zone, 2 same region, 3 the rest (with the
-configured ``locality`` order deciding which of those tiers exist). A tier's health is
-``min(100, overprovisioning x healthy%)``; tiers take traffic in order, each ``min(health, what is left)``;
-when the health of all tiers sums under 100 the loads are scaled up so all traffic is placed.
+Tiers: a member's tier relative to the local one is 0 local, 1 same zone, 2 same region, 3 the rest; the
+configured ``balancing.locality`` order decides which of those tiers exist (a level left out folds into the
+next wider one that is listed, and "any" is always there).
+
+Priority load (Envoy priority levels). For tier i with h_i healthy of t_i endpoints:
+
+    health_i = min(100, overprovisioning x 100 x h_i / t_i)          (overprovisioning 1.4)
+    T        = sum(health_i);  N = min(100, T)                       ("normalized total health")
+    scaled_i = health_i x 100 / N                                    (only grows, when T < 100)
+
+Panic: tier i panics when ``100 x h_i / t_i < panic_threshold`` and ``T < 100`` (Envoy: no tier panics while
+the tiers together are healthy enough); a panicking tier balances over all its endpoints. ``T == 0`` is total
+panic: every tier panics and load follows the endpoint counts t_i (Envoy's recalculateLoadInTotalPanic).
+
+Capacity-aware spill (beyond Envoy). Envoy hands tier 1 ``min(health_1, left)`` before tier 2 gets anything,
+assuming the next tier absorbs any spill; a failover can then stampede a small zone-local member. Here the first
+tier with endpoints keeps ``L_0 = min(100, scaled_0)``; the spill ``S = 100 - L_0`` is spread over the
+following tiers by water-filling in proportion to their capacity c_j (healthy endpoints, or the sum of the
+members' declared ``capacity``), each capped by what its own health allows:
+
+    L_j = min(scaled_j, x x c_j)   with x chosen so that sum_j L_j = S
+
+So a tier gets exactly its capacity share ``S x c_j / sum c`` unless that exceeds its cap, and only then does
+the excess go to the others, again by capacity: no small tier ever gets more than its capacity share while
+another tier still has room. ``sum scaled_j >= S`` always holds, so all traffic is placed. Real-valued loads
+become integer percents summing to exactly 100 by the largest-remainder method (ties to the nearer tier).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from ..catalog import ClusterInfo
 
 RANKS = {"local": 0, "zone": 1, "region": 2, "any": 3}
+RANK_NAMES = ("local", "zone", "region", "any")
 
 
 def tier_of(
@@ -24,30 +48,89 @@ def tier_of(
     if other.name == local.name and "local" in order:
         return RANKS["local"]
     same_region = bool(local.locality.region) and other.locality.region == local.locality.region
-    if "zone" in order and same_region and local.locality.zone and other.locality.zone == local.locality.zone:
+    same_zone = same_region and bool(local.locality.zone) and other.locality.zone == local.locality.zone
+    if other.name == local.name:
+        same_zone = same_region = True  # the local member, "local" not listed: it is at least in its own zone
+    if "zone" in order and same_zone:
         return RANKS["zone"]
     if "region" in order and same_region:
         return RANKS["region"]
     return RANKS["any"]
 
 
+def tier_health(healthy: int, total: int, overprovisioning: float = 1.4) -> float:
+    """``min(100, overprovisioning x healthy%)``; 0 for an empty tier."""
+    return min(100.0, overprovisioning * 100.0 * healthy / total) if total else 0.0
+
+
+def largest_remainder(values: Sequence[float], total: int = 100) -> list[int]:
+    """Integers summing to ``total`` nearest to ``values`` (which sum to ``total``), earlier first on ties."""
+    floors = [math.floor(v + 1e-9) for v in values]
+    short = total - sum(floors)
+    order = sorted(range(len(values)), key=lambda i: (-(values[i] - floors[i]), i))
+    for i in order[: max(0, short)]:
+        floors[i] += 1
+    return floors
+
+
+def spill(amount: float, caps: Sequence[float], capacities: Sequence[float]) -> list[float]:
+    """Water-fill ``amount`` over receivers in proportion to ``capacities``, none above its cap.
+
+    Receivers with no capacity get a share only when the others are all full (then by cap, in order).
+    """
+    out = [0.0] * len(caps)
+    open_ = [j for j in range(len(caps)) if caps[j] > 0 and capacities[j] > 0]
+    left = amount
+    while left > 1e-12 and open_:
+        weight = sum(capacities[j] for j in open_)
+        full = [j for j in open_ if left * capacities[j] / weight >= caps[j] - out[j]]
+        if not full:
+            for j in open_:
+                out[j] += left * capacities[j] / weight
+            return out
+        for j in full:
+            left -= caps[j] - out[j]
+            out[j] = caps[j]
+        open_ = [j for j in open_ if j not in full]
+    for j in range(len(caps)):  # capacity-less tiers take what is left, nearer first
+        if left <= 1e-12:
+            break
+        take = min(left, caps[j] - out[j])
+        if take > 0:
+            out[j] += take
+            left -= take
+    return out
+
+
 def priority_loads(
-    tiers: Sequence[tuple[int, int]], overprovisioning: float = 1.4, panic_threshold: float = 50.0
+    tiers: Sequence[tuple[int, int]],
+    overprovisioning: float = 1.4,
+    panic_threshold: float = 50.0,
+    capacities: Sequence[float] | None = None,
 ) -> tuple[list[int], list[bool]]:
-    """(healthy, total) per tier -> (percent load per tier summing to 100, panic flag per tier)."""
+    """(healthy, total) per tier, in order -> (percent load per tier summing to 100, panic flag per tier).
+
+    ``capacities``: per tier, what spill is shared by (default: the healthy counts). See the module docstring.
+    """
     if not tiers:
         return [], []
-    health = [min(100.0, overprovisioning * 100.0 * h / t) if t else 0.0 for h, t in tiers]
+    health = [tier_health(h, t, overprovisioning) for h, t in tiers]
     total = sum(health)
     if total <= 0:
-        # Nothing healthy anywhere: send everything to the first tier, which panics.
-        return [100] + [0] * (len(tiers) - 1), [True] + [False] * (len(tiers) - 1)
-    scale = 100.0 / total if total < 100 else 1.0
-    loads: list[int] = []
-    left = 100
-    for i, hv in enumerate(health):
-        share = min(left, round(hv * scale)) if i < len(health) - 1 else left
-        loads.append(max(0, share))
-        left -= loads[-1]
-    panics = [t > 0 and 100.0 * h / t < panic_threshold and total < 100 for h, t in tiers]
-    return loads, panics
+        counts = [float(t) for _, t in tiers]
+        all_eps = sum(counts)
+        if all_eps <= 0:
+            return [100] + [0] * (len(tiers) - 1), [False] * len(tiers)
+        return largest_remainder([100.0 * c / all_eps for c in counts]), [t > 0 for _, t in tiers]
+    norm = min(100.0, total)
+    scaled = [min(100.0, hv * 100.0 / norm) for hv in health]
+    caps = [float(h) for h, _ in tiers] if capacities is None else [float(c) for c in capacities]
+    first = next(i for i, hv in enumerate(scaled) if hv > 0)
+    loads = [0.0] * len(tiers)
+    loads[first] = min(100.0, scaled[first])
+    rest = range(first + 1, len(tiers))
+    shares = spill(100.0 - loads[first], [scaled[j] for j in rest], [caps[j] for j in rest])
+    for j, share in zip(rest, shares, strict=True):
+        loads[j] = share
+    panics = [t > 0 and 100.0 * h / t < panic_threshold and total < 100.0 for h, t in tiers]
+    return largest_remainder(loads), panics

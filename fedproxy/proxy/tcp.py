@@ -45,9 +45,9 @@ log = logging.getLogger("fedproxy.proxy.tcp")
 access_log = logging.getLogger("fedproxy.access")
 
 try:  # the balancing core's own key function, when it has one, so HTTP and TCP hash alike
-    from ..balancing import hash_key as _balancing_hash_key  # type: ignore[attr-defined]
+    from ..balancing.hashing import hash_key as _balancing_hash_key
 except ImportError:  # pragma: no cover - depends on the balancing package's version
-    _balancing_hash_key = None
+    _balancing_hash_key = None  # type: ignore[assignment]
 
 # Write buffer high-water mark per transport: large enough to keep a 256 KiB read in flight, small enough
 # that 10,000 connections stay well under a few GB even when every peer stops reading.

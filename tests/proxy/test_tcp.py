@@ -16,7 +16,6 @@ from fedproxy.model import Endpoint
 from fedproxy.proxy.tcp import source_hash
 
 
-
 def listener(world: object, **kwargs: object) -> TcpListener:
     return TcpListener(port=0, service=world.service, address="127.0.0.1", name="t", **kwargs)  # type: ignore[attr-defined,arg-type]
 

@@ -46,6 +46,7 @@ class Request:
         "resp_pending",
         "resp_framing",
         "tunnel_pending",
+        "tunnel_pending_up",
         "expect_continue",
     )
 
@@ -78,7 +79,8 @@ class Request:
         self.committed = False  # the response head went to the client: no retry, no error page
         self.resp_pending: list[bytes] = []
         self.resp_framing = b"length"
-        self.tunnel_pending: list[bytes] = []
+        self.tunnel_pending: list[bytes] = []  # client bytes after the upgrade request, before the 101
+        self.tunnel_pending_up: list[bytes] = []  # upstream bytes after its 101, before the client has it
         self.expect_continue = False
 
     @property

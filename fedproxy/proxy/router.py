@@ -84,7 +84,8 @@ class Router:
                 self._exact[host] = order(group)
         self._wildcard.sort(key=lambda item: -len(item[0]))
         self.header_names: frozenset[str] = frozenset(
-            {n for r in routes for n, _ in r.headers} | {r.pin_header for r in routes}
+            {n for r in routes for n, _ in r.headers}
+            | {r.pin_header for r in routes}
             | {r.config.hash.name.lower() for r in routes if r.config.hash and r.config.hash.on == "header"}
         )
         self.needs_cookies = any(

@@ -1,0 +1,410 @@
+"""One proxied request: route, pick, send upstream, retry per policy, stream the response back.
+
+``forward`` runs as a task per request (owned by the server). An ``Exchange`` is the ``Sink`` an upstream
+connection reports to for one attempt; it holds the response head until the task decides between retry
+and commit, then streams body bytes straight to the client from the upstream's parser callbacks.
+Errors become responses in one place (``_fail``): 404 no route, 502 unreachable, 503 no endpoint,
+504 timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import TYPE_CHECKING
+
+from ..balancing import Pool
+from ..model import Endpoint
+from . import http_head, http_log
+from .http_request import Request, backoff, may_retry, retry_kind
+from .router import Route
+from .upstream import UpstreamLost, UpstreamProtocol
+
+if TYPE_CHECKING:
+    from .http import HttpProxyServer
+    from .http_protocol import HttpProxyProtocol
+
+log = logging.getLogger("fedproxy.proxy.http")
+
+try:  # the balancing engineer may provide the shared hash; same contract: text -> int
+    from ..balancing import hash_key as _hash_text  # type: ignore[attr-defined]
+except ImportError:
+
+    def _hash_text(text: str) -> int:
+        return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "big")
+
+
+class Exchange:
+    """Receives one upstream attempt's response and passes it on once committed."""
+
+    __slots__ = ("client", "req", "up", "lost")
+
+    def __init__(self, client: HttpProxyProtocol, req: Request, up: UpstreamProtocol) -> None:
+        self.client, self.req, self.up = client, req, up
+        self.lost: Exception | None = None
+
+    def on_informational(self, up: UpstreamProtocol) -> None:
+        # 100 Continue goes to a client that asked for it; other 1xx are dropped (HTTP/1.0 clients cannot take them).
+        if up.status == 100 and self.req.expect_continue and not self.req.http10:
+            self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_response_head(self, up: UpstreamProtocol) -> None:
+        # Hold body bytes until the task commits (it may still retry on a 5xx).
+        up.transport.pause_reading()  # type: ignore[union-attr]
+        w = self.req.head_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def on_response_body(self, data: bytes) -> None:
+        req = self.req
+        if not req.committed:
+            req.resp_pending.append(data)  # framed at commit, when the client's framing is known
+        elif req.resp_framing != b"none":
+            req.bytes_out += len(data)
+            self.client.write(http_head.chunk(data) if req.resp_framing == b"chunked" else data)
+
+    def on_response_complete(self) -> None:
+        req = self.req
+        if req.committed and req.resp_framing == b"chunked" and not self.up.upgraded:
+            self.client.write(http_head.CHUNK_END)
+        for w in (req.head_waiter, req.done_waiter):
+            if w is not None and not w.done():
+                w.set_result(None)
+
+    def on_upstream_lost(self, exc: Exception) -> None:
+        self.lost = exc
+        for w in (self.req.head_waiter, self.req.done_waiter):
+            if w is not None and not w.done():
+                w.set_exception(exc)
+
+    def on_tunnel_data(self, data: bytes) -> None:
+        req = self.req
+        if not req.committed:
+            req.tunnel_pending_up.append(data)  # bytes after the 101 head wait for it to reach the client
+            return
+        req.bytes_out += len(data)
+        self.client.write(data)
+
+
+def _hash_key(route: Route, req: Request, client_ip: str) -> int | None:
+    cfg = route.spec.hash
+    if cfg is None:
+        return None
+    if cfg.on == "source_ip":
+        text = client_ip
+    elif cfg.on == "header":
+        text = req.match_headers.get(cfg.name.lower(), "")
+    else:
+        text = http_head.parse_cookies(req.cookie).get(cfg.name, "") if req.cookie else ""
+    return _hash_text(text) if text else None
+
+
+async def forward(server: HttpProxyServer, client: HttpProxyProtocol, req: Request) -> None:
+    """Serve ``req`` end to end; never raises (a failure becomes a response or a closed connection)."""
+    route: Route | None = None
+    ep: Endpoint | None = None
+    retries = 0
+    try:
+        cookies = http_head.parse_cookies(req.cookie) if (req.cookie and server.router.needs_cookies) else None
+        route = server.router.match(req.host, req.path, req.match_headers, cookies)
+        if route is None:
+            _fail(
+                server,
+                client,
+                req,
+                404,
+                f"no route for host {req.host.decode('latin-1')!r} path {req.path.decode('latin-1')!r}",
+            )
+            return
+        pool = server.get_state().pool(route.spec)
+        pinned = req.match_headers.get(route.pin_header) or None
+        if pinned is not None and pinned not in pool.clusters:
+            _fail(server, client, req, 503, f"cluster {pinned!r} has no endpoint for {route.spec.service}", route)
+            return
+        hash_key = _hash_key(route, req, client.client_ip)
+        timeouts = route.config.timeouts
+        policy = route.config.retries
+        loop = client.loop
+        deadline = loop.time() + timeouts.total if timeouts.total > 0 else None
+        tried: list[Endpoint] = []
+        while True:
+            ep = pool.pick(hash_key, exclude=tried, cluster=pinned)
+            if ep is None:
+                if not tried:
+                    _fail(
+                        server,
+                        client,
+                        req,
+                        503,
+                        f"no healthy endpoint for {route.spec.service}: "
+                        f"{pool.reason or 'every endpoint is ejected or drained'}",
+                        route,
+                    )
+                else:
+                    _fail(server, client, req, 502, f"no upstream could be reached for {route.spec.service}", route, ep)
+                return
+            tried.append(ep)
+            outcome, status, sent = await _attempt(server, client, req, route, pool, ep, deadline)
+            if outcome == "done":
+                return
+            kinds = retry_kind(outcome, status)
+            if client.up is not None and outcome != "status":
+                client.up.detach()
+                client.up.close()
+                client.up = None
+            if outcome != "timeout" and may_retry(req, policy, retries, kinds, sent) and not client.closing:
+                if client.up is not None:  # a held 5xx we retry instead of passing on
+                    client.up.detach()
+                    client.up.close()
+                    client.up = None
+                retries += 1
+                http_log.count_retry(server.name, str(route.spec.service))
+                log.info(
+                    "event=http_retry service=%s endpoint=%s reason=%s status=%d retry=%d",
+                    route.spec.service,
+                    ep,
+                    outcome or "status",
+                    status,
+                    retries,
+                )
+                await asyncio.sleep(backoff(policy, retries - 1, client.rng.random()))
+                continue
+            if outcome == "status":  # a 5xx we did not retry: pass it on as it is
+                await _commit(server, client, req, ep, deadline)
+                return
+            if outcome == "timeout":
+                _fail(server, client, req, 504, f"upstream {ep} timed out", route, ep)
+            elif outcome == "client":
+                client.finish(req, False)
+            else:
+                _fail(server, client, req, 502, f"upstream {ep} failed: {outcome}", route, ep)
+            return
+    except Exception:
+        log.exception("event=http_forward_error conn=%d", client.conn_id)
+        if not req.committed:
+            _fail(server, client, req, 502, "internal proxy error", route, ep)
+        else:
+            client.finish(req, False)
+    finally:
+        _access(server, client, req, route, ep, retries)
+
+
+async def _attempt(
+    server: HttpProxyServer,
+    client: HttpProxyProtocol,
+    req: Request,
+    route: Route,
+    pool: Pool,
+    ep: Endpoint,
+    deadline: float | None,
+) -> tuple[str, int, bool]:
+    """One try. Returns (outcome, status, request_sent): outcome "done" when the response went out,
+    "status" with a held 5xx, or a failure name ("refused", "connect-failure", "reset", "timeout", "client")."""
+    timeouts = route.config.timeouts
+    loop = client.loop
+    pool.started(ep)
+    try:
+        try:
+            up, _reused = await server.upstreams.acquire(ep, _bounded(timeouts.connect, deadline, loop))
+        except ConnectionRefusedError:
+            server.report(ep, False)
+            return "refused", 0, False
+        except (OSError, TimeoutError):
+            server.report(ep, False)
+            return "connect-failure", 0, False
+        if client.closing:
+            server.upstreams.release(up, 0)
+            return "client", 0, False
+        ex = Exchange(client, req, up)
+        req.head_waiter = loop.create_future()
+        req.done_waiter = None
+        req.resp_pending, req.sent_body, req.committed = [], False, False
+        up.begin(ex, req.method == b"HEAD")
+        up.flow.set_source(client.transport)
+        client.up = up
+        client.flow.set_source(up.transport)
+        head = http_head.request_head(
+            req.method, req.target, req.headers, client_ip=client.client_ip, host=req.host,
+            request_id=req.request_id, has_request_id=req.has_request_id, chunked=req.chunked,
+            websocket=req.websocket,
+        )  # fmt: skip
+        sent_at = loop.time()
+        up.transport.write(head)  # type: ignore[union-attr]
+        if req.replay:
+            for framed in req.replay:
+                up.transport.write(framed)  # type: ignore[union-attr]
+            req.sent_body = True
+        client.flush_pending(req)
+        try:
+            async with asyncio.timeout(_bounded(timeouts.response_header, deadline, loop)):
+                await req.head_waiter
+        except TimeoutError:
+            up.close()
+            server.report(ep, False)
+            return "timeout", 0, True
+        except UpstreamLost as exc:
+            server.report(ep, False)
+            if client.closing:
+                return "client", 0, True
+            return ("reset" if not exc.got_bytes else "bad-response"), 0, True
+        except ConnectionError:
+            up.close()
+            return "client", 0, True
+        http_log.observe_latency(server.name, str(route.spec.service), ep.cluster, loop.time() - sent_at)
+        req.status = up.status
+        server.report(ep, up.status < 500)
+        if up.status >= 500:
+            return "status", up.status, True
+        await _commit(server, client, req, ep, deadline)
+        return "done", up.status, True
+    finally:
+        pool.finished(ep)
+
+
+async def _commit(
+    server: HttpProxyServer, client: HttpProxyProtocol, req: Request, ep: Endpoint, deadline: float | None
+) -> None:
+    """Send the held response head to the client and stream the rest until the upstream completes it."""
+    up = client.up
+    assert up is not None and up.transport is not None
+    status = up.status
+    if up.upgraded or (status == 101 and req.websocket):
+        req.committed = True
+        client.write(
+            http_head.response_head(101, up.reason, up.headers, framing=b"none", keep_alive=True, http10=False,
+                                    upgrade=True)
+        )  # fmt: skip
+        for data in req.tunnel_pending_up:
+            client.write(data)
+        req.tunnel_pending_up = []
+        client.start_tunnel(up, req)
+        up.transport.resume_reading()
+        req.done_waiter = client.loop.create_future()
+        try:
+            await req.done_waiter
+        except ConnectionError:
+            pass
+        up.close()
+        client.finish(req, False)
+        return
+    no_body = req.method == b"HEAD" or status in (204, 304)
+    keep_alive = req.keep_alive and not client.draining
+    if no_body or up.content_length and not up.chunked:
+        framing = b"length"
+    elif req.http10:
+        framing, keep_alive = b"close", False
+    else:
+        framing = b"chunked"
+    if not req.body_done:
+        keep_alive = False  # the upstream answered before the upload ended: the rest cannot be skipped safely
+    req.keep_alive = keep_alive
+    req.resp_framing = b"none" if no_body else framing
+    head = http_head.response_head(status, up.reason, up.headers, framing=framing, keep_alive=keep_alive,
+                                   http10=req.http10)  # fmt: skip
+    pending, req.resp_pending = req.resp_pending, []
+    req.committed = True
+    client.write(head)
+    if req.resp_framing != b"none":
+        for data in pending:
+            req.bytes_out += len(data)
+            client.write(http_head.chunk(data) if framing == b"chunked" else data)
+    req.done_waiter = client.loop.create_future()
+    if up.complete:
+        if framing == b"chunked" and not no_body:
+            client.write(http_head.CHUNK_END)
+        req.done_waiter.set_result(None)
+    up.transport.resume_reading()
+    ok = True
+    try:
+        if deadline is not None:
+            async with asyncio.timeout_at(deadline):
+                await req.done_waiter
+        else:
+            await req.done_waiter
+    except (ConnectionError, TimeoutError) as exc:
+        ok = False
+        if isinstance(exc, UpstreamLost):
+            server.report(ep, False)
+        log.info("event=http_response_aborted endpoint=%s reason=%r", ep, str(exc) or type(exc).__name__)
+    if ok and req.body_done and up.reusable:
+        server.upstreams.release(up, server.upstream_idle)
+    else:
+        up.detach()
+        up.close()
+    client.finish(req, ok)
+
+
+def _bounded(timeout: float, deadline: float | None, loop: asyncio.AbstractEventLoop) -> float | None:
+    left = None if deadline is None else max(0.0, deadline - loop.time())
+    t = timeout if timeout > 0 else None
+    if t is None:
+        return left
+    return t if left is None else min(t, left)
+
+
+def _fail(
+    server: HttpProxyServer,
+    client: HttpProxyProtocol,
+    req: Request,
+    status: int,
+    reason: str,
+    route: Route | None = None,
+    ep: Endpoint | None = None,
+) -> None:
+    """Answer with the proxy's own error response (the one place errors become responses)."""
+    up = client.up
+    if up is not None:
+        up.detach()
+        up.close()
+        client.up = None
+    req.status = status
+    service = str(route.spec.service) if route else "-"
+    log.warning("event=http_error status=%d service=%s endpoint=%s reason=%r request_id=%s", status, service,
+                ep or "-", reason, req.request_id.decode("latin-1"))  # fmt: skip
+    if req.committed:
+        client.finish(req, False)
+        return
+    keep = req.keep_alive and req.body_done and not client.draining
+    req.keep_alive = keep
+    req.committed = True
+    body = http_head.error_response(status, reason, request_id=req.request_id, keep_alive=keep)
+    req.bytes_out += len(body)
+    client.write(body)
+    client.finish(req, keep)
+
+
+def _access(
+    server: HttpProxyServer,
+    client: HttpProxyProtocol,
+    req: Request,
+    route: Route | None,
+    ep: Endpoint | None,
+    retries: int,
+) -> None:
+    service = str(route.spec.service) if route else "-"
+    cluster = ep.cluster if ep else "-"
+    server.count(req.status)
+    http_log.count_request(server.name, service, cluster, req.status)
+    if server.access_log == "off":
+        return
+    http_log.log_access(
+        server.access_log,
+        {
+            "event": "http_request",
+            "listener": server.name,
+            "method": req.method.decode("latin-1"),
+            "path": req.path.decode("latin-1"),
+            "route": route.name if route else "-",
+            "service": service,
+            "cluster": ep.cluster if ep else "-",
+            "endpoint": str(ep) if ep else "-",
+            "status": req.status,
+            "bytes_in": req.body_in,
+            "bytes_out": req.bytes_out,
+            "duration_ms": round((client.loop.time() - req.started) * 1000, 2),
+            "retries": retries,
+            "client": client.client_ip,
+            "request_id": req.request_id.decode("latin-1"),
+        },
+    )

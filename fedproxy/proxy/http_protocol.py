@@ -1,0 +1,300 @@
+"""The client side of the HTTP/1.1 proxy: one asyncio Protocol per client connection.
+
+Theory of operation (after uvicorn's httptools_impl): llhttp parses the request head; the few values the
+proxy acts on are picked out in the parser callbacks and everything else stays raw pairs. When a head is
+complete a task (owned by the server's TaskOwner) routes it, picks an endpoint, sends the head upstream
+and waits for the response head, retrying per policy; body bytes stream both ways from the callbacks with
+``FlowControl`` back-pressure, never buffered whole. One request is served at a time; pipelined requests
+wait in ``queue`` with reading paused. After a 101 both connections become a byte splice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import httptools
+
+from . import http_head
+from .flow import FlowControl
+from .http_request import Request
+from .upstream import UpstreamProtocol
+
+if TYPE_CHECKING:
+    from .http import HttpProxyServer
+
+log = logging.getLogger("fedproxy.proxy.http")
+
+KEEPALIVE_IDLE = 60.0  # s an idle client keep-alive connection is kept (Timeouts.idle default)
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class HttpProxyProtocol(asyncio.Protocol):
+    def __init__(self, server: HttpProxyServer, loop: asyncio.AbstractEventLoop) -> None:
+        # Collaborators.
+        self.server = server
+        self.loop = loop
+        self.listener = server.listener
+        # Per connection.
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.flow = FlowControl()  # response direction: the upstream is the source, we are the sink
+        self.client_ip = ""
+        self.conn_id = 0
+        self.requests_served = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.closing = False
+        self.draining = False
+        self.queue: deque[Request] = deque()  # parsed requests waiting for the one in flight
+        self.tunnel: UpstreamProtocol | None = None
+        self.upgrade_seen = False
+        self.rng = random.Random()
+        # Per request.
+        self.req: Request | None = None  # the request being parsed
+        self.active: Request | None = None  # the request being proxied
+        self.up: UpstreamProtocol | None = None  # its upstream connection
+
+    # Protocol interface
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.flow = FlowControl()
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else "unknown"
+        self.conn_id = self.server.register(self)
+        self._set_timer(self.listener.request_head_timeout, self._head_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._cancel_timer()
+        self.server.unregister(self)
+        self.flow.connection_lost()
+        if self.tunnel is not None:
+            self.tunnel.close()
+        if self.up is not None and self.active is not None and not self.up.complete:
+            self.up.close()  # the client is gone: the rest of its response is of no use
+        for w in self._waiters():
+            if not w.done():
+                w.set_exception(ConnectionResetError("client closed"))
+
+    def _waiters(self) -> list[asyncio.Future[None]]:
+        req = self.active
+        return [w for w in (req.head_waiter, req.done_waiter) if w is not None] if req else []
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.transport.write(data)  # type: ignore[union-attr]
+            return
+        if self.upgrade_seen:
+            if self.active is not None:
+                self.active.tunnel_pending.append(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.upgrade_seen = True
+            req = self.active if self.active is not None else (self.queue[-1] if self.queue else None)
+            rest = data[exc.args[0] :]
+            if req is not None and req.websocket:
+                if rest:
+                    req.tunnel_pending.append(rest)
+                self.flow.pause_reading("upgrade")
+            elif req is not None:
+                req.keep_alive = False  # a non-websocket upgrade (h2c...) is refused: answer, then close
+        except httptools.HttpParserCallbackError as exc:
+            self._bad_request(431 if isinstance(exc.__context__, _HeadTooLarge) else 400, str(exc.__context__ or exc))
+        except httptools.HttpParserError as exc:
+            self._bad_request(400, str(exc))
+        except Exception:  # a bug must cost one connection, never the process
+            log.exception("event=http_connection_error conn=%d", self.conn_id)
+            self._close()
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed: finish the request in flight, then close.
+        if self.active is None and not self.queue:
+            return False
+        if self.active is not None:
+            self.active.keep_alive = False
+        return True
+
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+
+    def shutdown(self) -> None:
+        """Drain: close now if idle, else after the request in flight."""
+        self.draining = True
+        if self.active is None and not self.queue:
+            self._close()
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        self.req = Request(self.loop.time())
+        if self.active is None and self.requests_served:
+            self._set_timer(self.listener.request_head_timeout, self._head_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        req = self.req
+        assert req is not None
+        req.target += url
+        req.head_bytes += len(url)
+        if req.head_bytes > self.listener.max_header_bytes:
+            raise _HeadTooLarge()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.req
+        assert req is not None
+        req.head_bytes += len(name) + len(value) + 4
+        if req.head_bytes > self.listener.max_header_bytes:
+            raise _HeadTooLarge()
+        req.headers.append((name, value))
+        low = name.lower()
+        if low == b"host":
+            req.host = value
+        elif low == b"x-request-id":
+            req.has_request_id, req.request_id = True, value
+        elif low == b"cookie":
+            req.cookie = req.cookie + b"; " + value if req.cookie else value
+        elif low == b"upgrade" and value.lower() == b"websocket":
+            req.websocket = True
+        elif low == b"expect" and value.lower() == b"100-continue":
+            req.expect_continue = True
+        text = low.decode("latin-1")
+        if text in self.server.router.header_names:
+            req.match_headers[text] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        req = self.req
+        assert req is not None
+        parser = self.parser
+        req.method = parser.get_method()
+        req.http10 = parser.get_http_version() == "1.0"
+        req.keep_alive = parser.should_keep_alive() and not self.draining
+        req.chunked = any(n.lower() == b"transfer-encoding" for n, _ in req.headers)
+        q = req.target.find(b"?")
+        req.path = req.target if q < 0 else req.target[:q]
+        if not req.has_request_id:
+            req.request_id = os.urandom(8).hex().encode("ascii")
+        if self.active is None:
+            self._cancel_timer()
+            self._start(req)
+        else:
+            self.queue.append(req)
+            self.flow.pause_reading("pipeline")
+
+    def on_body(self, body: bytes) -> None:
+        req = self.req
+        assert req is not None
+        req.body_in += len(body)
+        framed = http_head.chunk(body) if req.chunked else body
+        if req is self.active and self.up is not None and req.head_waiter is not None:
+            self._send_body(req, framed)
+        else:
+            req.pending.append(framed)
+            if sum(map(len, req.pending)) > 65536:
+                self.flow.pause_reading("body")
+
+    def on_message_complete(self) -> None:
+        req = self.req
+        assert req is not None
+        req.body_done = True
+        if req.chunked:
+            if req is self.active and self.up is not None and req.head_waiter is not None:
+                self._send_body(req, http_head.CHUNK_END)
+            else:
+                req.pending.append(http_head.CHUNK_END)
+
+    # Request flow
+
+    def _send_body(self, req: Request, framed: bytes) -> None:
+        up = self.up
+        if up is None or up.transport is None:
+            return
+        up.transport.write(framed)
+        req.sent_body = True
+        req.keep_for_replay(framed)
+
+    def flush_pending(self, req: Request) -> None:
+        """Write body bytes that arrived before the upstream head went out."""
+        pending, req.pending = req.pending, []
+        for framed in pending:
+            self._send_body(req, framed)
+        self.flow.resume_reading("body")
+
+    def _start(self, req: Request) -> None:
+        self.active = req
+        self.server.spawn_request(self, req)
+
+    def finish(self, req: Request, reuse_client: bool) -> None:
+        """The response is complete (or failed after the head): next request, or close."""
+        self.active = None
+        self.up = None
+        self.requests_served += 1
+        if self.closing:
+            return
+        if not reuse_client or not req.keep_alive or not req.body_done or self.draining or self.upgrade_seen:
+            self._close()
+            return
+        self.flow.resume_reading("pipeline")
+        if self.queue:
+            self._start(self.queue.popleft())
+        else:
+            self._set_timer(KEEPALIVE_IDLE, self._close)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(data)
+
+    def start_tunnel(self, up: UpstreamProtocol, req: Request) -> None:
+        """After a 101: splice bytes both ways until either side closes."""
+        self.tunnel = up
+        pending, req.tunnel_pending = req.tunnel_pending, []
+        for data in pending:
+            up.transport.write(data)  # type: ignore[union-attr]
+        self.flow.resume_reading("upgrade")
+
+    def _bad_request(self, status: int, reason: str) -> None:
+        log.info(
+            "event=http_bad_request conn=%d client=%s status=%d reason=%r", self.conn_id, self.client_ip, status, reason
+        )
+        if self.active is None or not self.active.committed:
+            text = "request header fields too large" if status == 431 else "bad request"
+            self.write(http_head.error_response(status, text))
+        self.server.count_local(status)
+        self._close()
+
+    def _head_timeout(self) -> None:
+        self.timer = None
+        if self.active is None:
+            self.write(http_head.error_response(408, "request head timeout"))
+            self.server.count_local(408)
+            log.info("event=http_request_timeout conn=%d client=%s", self.conn_id, self.client_ip)
+        self._close()
+
+    def _set_timer(self, delay: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer()
+        if delay > 0:
+            self.timer = self.loop.call_later(delay, callback)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _close(self) -> None:
+        self._cancel_timer()
+        if self.transport is not None and not self.closing:
+            self.closing = True
+            self.transport.close()

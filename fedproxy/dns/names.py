@@ -29,7 +29,7 @@ from ..balancing.tiers import tier_of
 from ..catalog import CatalogService, ClusterInfo, ClusterService, Pod, cluster_backends, usable_pods
 from ..config import Config, DnsConfig
 from ..model import BackendChoice, Endpoint, ServiceKey, ServicePort
-from .table import IN, AnswerTable, RoundRobinState, TableBuilder, address_rrsets, rrset
+from .table import IN, AnswerTable, RoundRobinState, TableBuilder, address_rrsets, family_addresses, rrset
 
 SRV = dns.rdatatype.SRV
 DNS_VERSION = "1.0.0"  # the MCS DNS specification's dns-version TXT record
@@ -117,9 +117,9 @@ def proxied_addresses(config: Config, cfg: DnsConfig) -> dict[ServiceKey, tuple[
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _choices(ms: list[Member]) -> list[tuple[str, int, tuple[str, ...]]]:
-    """Members of the best non-empty tier that take new traffic (weight 0 takes none)."""
-    live = [m for m in ms if m.weight > 0]
+def _choices(ms: list[Member], rdtype: int) -> list[tuple[str, int, tuple[str, ...]]]:
+    """Members of the best tier that has an address of the family and takes new traffic (weight 0 takes none)."""
+    live = [m for m in ms if m.weight > 0 and family_addresses(m.addresses, rdtype)]
     if not live:
         return []
     best = min(m.tier for m in live)
@@ -150,7 +150,7 @@ def _clusterset_service(
         b.addresses(base, fixed)
     else:
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-            b.rotate(base, rdtype, _choices(ms))
+            b.rotate(base, rdtype, _choices(ms, rdtype))
     targets = {m.name: dns.name.Name([m.name]).concatenate(base) for m in ms}
     if cfg.cluster_prefix:
         for m in ms:
@@ -180,7 +180,7 @@ def _clusterset_service(
     for labels, scoped in scopes.items():
         name = dns.name.Name([svc.key.name, svc.key.namespace, "svc", *labels]).concatenate(b.origin)
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-            b.rotate(name, rdtype, _choices(scoped))
+            b.rotate(name, rdtype, _choices(scoped, rdtype))
 
 
 def pod_label(pod: Pod) -> str:

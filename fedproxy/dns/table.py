@@ -117,7 +117,7 @@ def encode(
     msg.answer = list(answer)
     msg.authority = list(authority)
     msg.additional = list(additional)
-    data = msg.to_wire()
+    data = msg.to_wire(want_shuffle=False)  # stable record order: the table is rebuilt often, answers stay put
     _, _, _, an, ns, ar = wire.HEADER.unpack_from(data)
     qlen = len(name_key(name)) + 4
     return Entry(flags, an, ns, ar, data[12 + qlen :])

@@ -22,6 +22,7 @@ because the runtime rebuilds pools on every catalog change while endpoint sets r
 from __future__ import annotations
 
 import bisect
+import math
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
@@ -159,12 +160,12 @@ def bounded_lookup(
 ) -> tuple[int, str] | None:
     """The endpoint index for ``key`` and why, or None when nothing is eligible.
 
-    An eligible endpoint is taken unless ``active + 1 > factor x (total_active + 1) / n_eligible`` (one more
-    request would put it over the bound). ``factor <= 0`` disables the bound. Reads state, changes none.
+    An eligible endpoint is taken unless ``active + 1 > ceil(factor x (total_active + 1) / n_eligible)`` (one
+    more request would put it over the bound; the ceiling as in Mirrokni et al. and HAProxy). ``factor <= 0`` disables the bound. Reads state, changes none.
     """
     if n_eligible <= 0 or table.n == 0:
         return None
-    bound = factor * (total_active + 1) / n_eligible if factor > 0 else float("inf")
+    bound = math.ceil(factor * (total_active + 1) / n_eligible - 1e-9) if factor > 0 else float("inf")
     seen: set[int] = set()
     order: list[int] = []
     ineligible = overloaded = 0

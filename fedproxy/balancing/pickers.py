@@ -21,6 +21,7 @@ the common call with neither allocates nothing.
 from __future__ import annotations
 
 import bisect
+import math
 import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -243,7 +244,7 @@ class ConsistentHash(Picker):
                 return None
             i = self.table.start(key)
             factor = self.options.balance_factor
-            if ok[i] and (factor <= 0 or active.get(eps[i], 0) + 1 <= factor * (total + 1) / n):
+            if ok[i] and (factor <= 0 or active.get(eps[i], 0) + 1 <= math.ceil(factor * (total + 1) / n - 1e-9)):
                 return i, "hash: first candidate"
 
             def eligible(i: int) -> bool:

@@ -148,7 +148,7 @@ async def forward(server: HttpProxyServer, client: HttpProxyProtocol, req: Reque
             outcome, status, sent = await _attempt(server, client, req, route, pool, ep, deadline)
             if outcome == "done":
                 return
-            kinds = retry_kind(outcome, status)
+            kinds = retry_kind("" if outcome == "status" else outcome, status)
             if client.up is not None and outcome != "status":
                 client.up.detach()
                 client.up.close()

@@ -222,3 +222,111 @@ async def tcp_proxy() -> AsyncIterator[Callable[..., Awaitable[TcpProxyHarness]]
     yield make
     for server in started:
         await server.close()
+
+
+# --- HTTP proxy fixtures ------------------------------------------------------------------------------------
+
+HTTP_SERVICE = ServiceKey("demo", "web")
+
+
+def http_snapshot(cluster: str, pods: Sequence[tuple[str, int]]) -> ClusterSnapshot:
+    """A member exporting ``demo/web`` (port "http" 80) with one ready pod per (address, port)."""
+    svc = Service("demo", "web", cluster_ips=("10.96.0.20",), ports=(ServicePort("http", 80, target_port=8080),))
+    slices = {
+        ("demo", f"web-{i}"): EndpointSlice(
+            "demo", f"web-{i}", "web", ports=(SlicePort("http", port),), endpoints=(SliceEndpoint((address,)),)
+        )
+        for i, (address, port) in enumerate(pods)
+    }
+    return ClusterSnapshot(
+        cluster,
+        services=MappingProxyType({("demo", "web"): svc}),
+        endpointslices=MappingProxyType(slices),
+        serviceexports=MappingProxyType({("demo", "web"): ServiceExport("demo", "web")}),
+    )
+
+
+def http_state(
+    config: Config, pods: Mapping[str, Sequence[tuple[str, int]]], version: int = 1, health: object = None
+) -> ServingState:
+    """The ServingState the runtime would build for ``demo/web``: snapshots -> build_catalog -> build_state."""
+    catalog = build_catalog([http_snapshot(c, eps) for c, eps in pods.items()], config, version)
+    if health is None:
+        return build_state(config, catalog, version=version)
+    return build_state(config, catalog, health, version=version)  # type: ignore[arg-type]
+
+
+@dataclass(eq=False)
+class HttpProxyHarness:
+    """A running HttpProxyServer with a swappable state and the health reports it made."""
+
+    server: object
+    holder: list[ServingState]
+    reports: list[tuple[object, bool]]
+
+    @property
+    def port(self) -> int:
+        return self.server.port  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+async def http_proxy() -> AsyncIterator[Callable[..., Awaitable[HttpProxyHarness]]]:
+    """``await http_proxy(listener, config, state, report=None)``: a started HTTP proxy, closed after the test."""
+    from fedproxy.proxy.http import HttpProxyServer
+
+    started: list[HttpProxyServer] = []
+
+    async def make(
+        listener: object, config: Config, state: ServingState, report: Callable[..., None] | None = None
+    ) -> HttpProxyHarness:
+        holder = [state]
+        reports: list[tuple[object, bool]] = []
+
+        def on_report(ep: object, ok: bool) -> None:
+            reports.append((ep, ok))
+            if report is not None:
+                report(ep, ok)
+
+        server = HttpProxyServer(listener, config, lambda: holder[0], on_report)  # type: ignore[arg-type]
+        await server.start()
+        started.append(server)
+        return HttpProxyHarness(server, holder, reports)
+
+    yield make
+    for server in started:
+        await server.close()
+
+
+@pytest.fixture
+async def http_pods() -> AsyncIterator[Callable[..., Awaitable[object]]]:
+    """``await http_pods(cluster, pod)``: a started fedproxy.sim HttpEcho on 127.0.0.1, stopped after the test."""
+    from fedproxy.sim.backends import HttpEcho
+
+    pods: list[HttpEcho] = []
+
+    async def make(cluster: str, pod: str) -> HttpEcho:
+        echo = HttpEcho("127.0.0.1", 0, cluster=cluster, pod=pod)
+        await echo.start()
+        pods.append(echo)
+        return echo
+
+    yield make
+    for echo in pods:
+        await echo.stop()
+
+
+@pytest.fixture
+def http_world() -> object:
+    """The HTTP helpers above as one object (conftest modules are not imported by tests)."""
+
+    class World:
+        service = HTTP_SERVICE
+        snapshot = staticmethod(http_snapshot)
+        state = staticmethod(http_state)
+        refused_port = staticmethod(tcp_refused_port)
+
+    return World

@@ -114,7 +114,7 @@ class FakeApiServer:
             return
         app = web.Application(middlewares=[self._faults, self._auth])
         handler = ApiHandler(self.store, self._hub, lambda: self.bookmark_interval, self._gate)
-        app.router.add_route("*", "/{tail:.*}", handler)
+        app.router.add_route("*", "/{tail:.*}", handler.handle)
         # handler_cancellation: a client that goes away cancels its watch at once instead of at the
         # next write, so stop() never waits on forgotten streams.
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)

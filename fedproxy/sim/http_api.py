@@ -140,7 +140,7 @@ class ApiHandler:
         self._bookmark_interval = bookmark_interval
         self._gate = gate
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
         if path == "/version":
             return web.json_response(SERVER_VERSION)

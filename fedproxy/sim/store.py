@@ -90,7 +90,7 @@ class ObjectStore:
         self._objects: dict[Key, Obj] = {}
         self._events: deque[StoreEvent] = deque(maxlen=history)
         self._rv = 0
-        # Watches from rv >= this are served from history; anything older is Expired.
+        # The oldest rv a watch may start from (kube's "oldest-1"): history holds every event after it.
         self._compacted = 0
         self._clock = clock
         self._listeners: list[Callable[[StoreEvent], None]] = []
@@ -104,13 +104,13 @@ class ObjectStore:
 
     @property
     def compacted_version(self) -> int:
-        """The newest resourceVersion a watch can no longer start from."""
+        """The oldest resourceVersion a watch can still start from; anything older is Expired (410)."""
         return self._compacted
 
     def expire_before(self, rv: int | None = None) -> None:
         """Compact: a watch from any resourceVersion < `rv` (default: the current one) gets 410."""
         rv = self._rv if rv is None else rv
-        self._compacted = max(self._compacted, rv - 1)
+        self._compacted = max(self._compacted, rv)
         while self._events and self._events[0].rv <= self._compacted:
             self._events.popleft()
 

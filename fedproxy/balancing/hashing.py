@@ -22,8 +22,8 @@ because the runtime rebuilds pools on every catalog change while endpoint sets r
 from __future__ import annotations
 
 import bisect
-import math
 import hashlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 

@@ -16,10 +16,12 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Histogram
 
+from ..aio import TaskOwner
 from ..balancing import ServingState
 from ..config import DnsConfig
 from . import wire
 from .answer import AnswerTable, answer, build_table
+from .forward import forward
 from .table import RoundRobinState
 
 log = logging.getLogger("fedproxy.dns")
@@ -49,6 +51,22 @@ class DnsServer:
         self._tcp: asyncio.Server | None = None
         self._connections: set[DnsTcpProtocol] = set()
         self._counters: dict[tuple[int, int], Counter] = {}
+        self._tasks = TaskOwner("dns")
+        self._forwarded = 0
+
+    def forwards(self, response: bytes) -> bool:
+        """Whether this response (REFUSED: outside the zone) should go to the ``dns.forward`` upstreams instead."""
+        return bool(self.config.forward) and response[3] & 0xF == wire.REFUSED
+
+    def spawn_forward(self, query: bytes, reply: Callable[[bytes], None]) -> None:
+        """Forward ``query`` in the background; ``reply`` gets the upstream's answer, or SERVFAIL."""
+
+        async def run() -> None:
+            out = await forward(query, self.config.forward)
+            reply(out if out is not None else wire.header_only(query, wire.SERVFAIL))
+
+        self._forwarded += 1
+        self._tasks.spawn(f"forward-{self._forwarded}", run())
 
     def update(self, state: ServingState) -> None:
         """Rebuild the answer table from ``state`` (called on every state swap)."""
@@ -115,7 +133,8 @@ class DnsServer:
         log.info("event=dns_listening address=%s port=%d", self.config.address, self.port)
 
     async def close(self) -> None:
-        """Stop both listeners and close open TCP connections."""
+        """Stop both listeners, forwards in flight and open TCP connections."""
+        await self._tasks.close()
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -140,8 +159,16 @@ class DnsUdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         out = self.server.handle(data, "udp")
-        if out is not None and self.transport is not None:
+        if out is None or self.transport is None:
+            return
+        if self.server.forwards(out):
+            self.server.spawn_forward(data, lambda reply: self._send(reply, addr))
+        else:
             self.transport.sendto(out, addr)
+
+    def _send(self, data: bytes, addr: tuple) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("event=dns_udp_error error=%s", exc)
@@ -184,6 +211,9 @@ class DnsTcpProtocol(asyncio.Protocol):
                     self.transport.write(b"".join(out))
                 self.close()
                 return
+            if self.server.forwards(response):
+                self.server.spawn_forward(query, self._send)  # answered when it comes (RFC 7766 allows it)
+                continue
             out.append(len(response).to_bytes(2, "big") + response)
         if out and self.transport is not None:
             self.transport.write(b"".join(out))
@@ -192,6 +222,10 @@ class DnsTcpProtocol(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def _send(self, response: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(len(response).to_bytes(2, "big") + response)
 
     def _arm(self) -> None:
         if self.idle is not None:

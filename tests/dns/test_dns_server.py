@@ -14,7 +14,7 @@ import dns.rcode
 import dns.rdatatype
 from dns_world import addresses, make_state, member
 
-from fedproxy.config import DnsConfig, HttpConfig, HttpListener, HttpRoute
+from fedproxy.config import ClustersetConfig, DnsConfig, HttpConfig, HttpListener, HttpRoute
 from fedproxy.model import ServiceKey
 
 WEB = "web.demo.svc.clusterset.local"
@@ -230,3 +230,18 @@ async def test_malformed_packets_formerr_notimp_and_drops(start) -> None:
     assert await run.raw_udp(response) is None  # never answer a response
     # The listener is still serving after all that.
     assert addresses(await run.udp("east." + WEB)) == ["10.0.0.1"]
+
+
+async def test_forward_names_outside_the_zone(start) -> None:
+    other = make_state(three(), clusterset=ClustersetConfig(domain="other.example"))
+    upstream = await start(other)
+    cfg = DnsConfig(address="127.0.0.1", port=0, forward=(f"127.0.0.1:{upstream.server.port}",))
+    run = await start(make_state(three(), local="east"), cfg)
+    r = await run.udp("east.web.demo.svc.other.example")
+    assert addresses(r) == ["10.0.0.1"]
+    r = await run.tcp("west.web.demo.svc.other.example")
+    assert addresses(r) == ["10.0.0.2"]
+    assert (await run.udp("nothing.other.example")).rcode() == dns.rcode.NXDOMAIN
+    assert addresses(await run.udp(WEB)) == ["10.0.0.1"]  # our own zone is still ours
+    dead = await start(make_state(three()), replace(cfg, forward=("127.0.0.1:9",)))
+    assert (await dead.udp("x.other.example")).rcode() == dns.rcode.SERVFAIL

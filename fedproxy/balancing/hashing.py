@@ -161,7 +161,8 @@ def bounded_lookup(
     """The endpoint index for ``key`` and why, or None when nothing is eligible.
 
     An eligible endpoint is taken unless ``active + 1 > ceil(factor x (total_active + 1) / n_eligible)`` (one
-    more request would put it over the bound; the ceiling as in Mirrokni et al. and HAProxy). ``factor <= 0`` disables the bound. Reads state, changes none.
+    more request would put it over the bound; the ceiling as in Mirrokni et al. and HAProxy).
+    ``factor <= 0`` disables the bound. Reads state, changes none.
     """
     if n_eligible <= 0 or table.n == 0:
         return None

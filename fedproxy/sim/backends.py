@@ -149,7 +149,8 @@ class HttpEcho:
         return resp
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(headers={BACKEND_HEADER: self.identity})
+        ws = web.WebSocketResponse()
+        ws.headers[BACKEND_HEADER] = self.identity
         await ws.prepare(request)
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:

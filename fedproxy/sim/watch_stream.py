@@ -166,7 +166,7 @@ async def stream_watch(
         transport = request.transport
         if transport is None or transport.is_closing():
             # Cut or killed: there is no clean end to write.
-            raise ConnectionResetError("watch connection dropped")
+            return resp
         await resp.write_eof()
         return resp
     finally:

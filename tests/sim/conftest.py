@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -77,3 +78,16 @@ def demo() -> list[dict]:
         ),
         objects.service_export("demo", "nginx"),
     ]
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves background tasks behind (every server must be stopped by its fixture)."""
+    yield
+    current = asyncio.current_task()
+    for _ in range(50):
+        leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        if not leftover:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"test leaked tasks: {leftover}")

@@ -85,12 +85,14 @@ def source_hash(address: str) -> int:
     return int.from_bytes(hashlib.blake2b(address.encode(), digest_size=8).digest(), "big")
 
 
-def _close(transport: asyncio.BaseTransport | None, abort: bool = False) -> None:
-    """Close ``transport`` after its buffered data is sent, or at once (``abort``: a stuck or reset peer)."""
+def _close(transport: asyncio.Transport | None, how: str = "close") -> None:
+    """End ``transport``: ``close`` sends what is buffered, then FIN; ``reset`` aborts (RST) to pass a reset
+    on; ``stuck`` (idle timeout, drain deadline) sends FIN when nothing is buffered, else aborts, because a
+    peer that reads nothing would keep a closing transport, and its buffer, forever."""
     if transport is None:
         return
-    if abort:
-        transport.abort()  # type: ignore[attr-defined]
+    if how == "reset" or (how == "stuck" and transport.get_write_buffer_size()):
+        transport.abort()
     elif not transport.is_closing():
         transport.close()
 
@@ -227,7 +229,7 @@ class _Client(asyncio.Protocol):
 
     def upstream_made(self, upstream: _Upstream) -> None:
         if self.done:
-            _close(upstream.transport, abort=True)
+            _close(upstream.transport, "reset")
             return
         self.upstream = upstream
         up = upstream.transport
@@ -263,9 +265,9 @@ class _Client(asyncio.Protocol):
             self.timer = asyncio.get_running_loop().call_later(remaining, self.idle_check)
         else:
             self.timer = None
-            self.finish("idle_timeout", abort=True)
+            self.finish("idle_timeout", "stuck")
 
-    def finish(self, result: str, abort: bool = False) -> None:
+    def finish(self, result: str, how: str = "close") -> None:
         """End the connection once: close both sides, release the slot and the endpoint, log and count."""
         if self.done:
             return
@@ -275,10 +277,11 @@ class _Client(asyncio.Protocol):
             self.timer.cancel()
         if self.task is not None and not self.task.done():
             self.task.cancel()
-        reset = abort or result.endswith("_reset")
-        _close(self.transport, reset)
+        if result.endswith("_reset"):
+            how = "reset"
+        _close(self.transport, how)
         if self.upstream is not None:
-            _close(self.upstream.transport, reset)
+            _close(self.upstream.transport, how)
         if self.pool is not None and self.ep is not None:
             self.pool.finished(self.ep)
         self.s.server.finished(self)
@@ -491,7 +494,7 @@ class TcpProxyServer:
             except TimeoutError:
                 log.info("event=tcp_drain_deadline listener=%s closing=%d", self.name, len(self._conns))
         for conn in list(self._conns):
-            conn.finish("drained", abort=True)
+            conn.finish("drained", "stuck")
         await self._tasks.close()
         if self._server is not None:
             server, self._server = self._server, None

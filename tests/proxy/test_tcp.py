@@ -17,7 +17,8 @@ from fedproxy.proxy.tcp import source_hash
 
 
 def listener(world: object, **kwargs: object) -> TcpListener:
-    return TcpListener(port=0, service=world.service, address="127.0.0.1", name="t", **kwargs)  # type: ignore[attr-defined,arg-type]
+    kwargs.setdefault("name", "t")
+    return TcpListener(port=0, service=world.service, address="127.0.0.1", **kwargs)  # type: ignore[attr-defined,arg-type]
 
 
 async def talk(port: int, payload: bytes = b"ping\n") -> tuple[str, bytes]:
@@ -209,3 +210,32 @@ def test_source_hash_is_stable() -> None:
     assert source_hash("10.0.0.1") == source_hash("10.0.0.1")
     assert source_hash("10.0.0.1") != source_hash("10.0.0.2")
     assert 0 <= source_hash("::1") < 2**64
+
+
+async def test_access_log_and_metrics(tcp_pods, tcp_world, tcp_proxy, caplog) -> None:
+    from prometheus_client import REGISTRY
+
+    pod = await tcp_pods("east", "east/pod-0")
+    lst = listener(tcp_world, name="logged")
+    config = tcp_world.config(lst, {"east": 1})
+    proxy = await tcp_proxy(lst, config, tcp_world.state(config, {"east": [(pod.host, pod.port)]}))
+    labels = {"listener": "logged", "cluster": "east", "result": "ok"}
+    before = REGISTRY.get_sample_value("fedproxy_tcp_connections_total", labels) or 0.0
+    bytes_labels = {"listener": "logged", "cluster": "east"}
+    bytes_before = REGISTRY.get_sample_value("fedproxy_tcp_received_bytes_total", bytes_labels) or 0.0
+    caplog.set_level("INFO", logger="fedproxy.access")
+    await talk(proxy.port, b"12345")
+    for _ in range(50):
+        if proxy.server.stats()["active"] == 0 and caplog.records:
+            break
+        await asyncio.sleep(0.02)
+    line = next(r.getMessage() for r in caplog.records if r.name == "fedproxy.access")
+    fields = dict(f.split("=", 1) for f in line.split())
+    assert fields["event"] == "tcp_connection" and fields["listener"] == "logged"
+    assert fields["service"] == "demo/echo" and fields["cluster"] == "east" and fields["result"] == "ok"
+    assert fields["endpoint"] == f"127.0.0.1:{pod.port}" and fields["client"].startswith("127.0.0.1:")
+    assert fields["bytes_in"] == "5" and fields["bytes_out"] == str(len(b"east/pod-0\n12345"))
+    assert REGISTRY.get_sample_value("fedproxy_tcp_connections_total", labels) == before + 1
+    received = REGISTRY.get_sample_value("fedproxy_tcp_received_bytes_total", bytes_labels)
+    assert received == bytes_before + 5
+    assert REGISTRY.get_sample_value("fedproxy_tcp_active_connections", {"listener": "logged"}) == 0

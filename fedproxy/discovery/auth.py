@@ -93,7 +93,9 @@ async def make_client(creds: Credentials) -> MemberClient:
     elif creds.server:
         cfg.host = creds.server.rstrip("/")
         if creds.token:
-            cfg.api_key = {"authorization": f"Bearer {creds.token}"}
+            # kubernetes-asyncio >= 29 reads the bearer token under "BearerToken" (older ones: "authorization").
+            cfg.api_key = {"BearerToken": creds.token}
+            cfg.api_key_prefix = {"BearerToken": "Bearer"}
         if creds.ca_data:
             temp = (_write_ca(creds.ca_data),)
             cfg.ssl_ca_cert = temp[0]

@@ -36,7 +36,10 @@ async def test_initial_list_and_endpoint_changes(tmp_path: Path, servers, run_di
     # add a pod endpoint
     east.apply(
         objects.endpoint_slice(
-            "demo", "web-1", "web", ports=[{"name": "http", "port": 8080}],
+            "demo",
+            "web-1",
+            "web",
+            ports=[{"name": "http", "port": 8080}],
             endpoints=[objects.endpoint(["127.0.1.1"]), objects.endpoint(["127.0.1.2"])],
         )
     )
@@ -44,7 +47,10 @@ async def test_initial_list_and_endpoint_changes(tmp_path: Path, servers, run_di
     # mark one not ready
     east.apply(
         objects.endpoint_slice(
-            "demo", "web-1", "web", ports=[{"name": "http", "port": 8080}],
+            "demo",
+            "web-1",
+            "web",
+            ports=[{"name": "http", "port": 8080}],
             endpoints=[objects.endpoint(["127.0.1.1"], ready=False), objects.endpoint(["127.0.1.2"])],
         )
     )

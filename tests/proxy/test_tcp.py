@@ -239,3 +239,25 @@ async def test_access_log_and_metrics(tcp_pods, tcp_world, tcp_proxy, caplog) ->
     received = REGISTRY.get_sample_value("fedproxy_tcp_received_bytes_total", bytes_labels)
     assert received == bytes_before + 5
     assert REGISTRY.get_sample_value("fedproxy_tcp_active_connections", {"listener": "logged"}) == 0
+
+
+async def test_hash_source_ip_keeps_a_client_on_one_endpoint(tcp_pods, tcp_world, tcp_proxy) -> None:
+    pods = {c: await tcp_pods(c, f"{c}/pod-0") for c in ("east", "west", "south")}
+    lst = listener(tcp_world, hash_source_ip=True)
+    config = tcp_world.config(lst, {"east": 1, "west": 1, "south": 1})
+    proxy = await tcp_proxy(lst, config, tcp_world.state(config, {c: [(p.host, p.port)] for c, p in pods.items()}))
+
+    async def via(source: str) -> str:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, local_addr=(source, 0))
+        name = (await asyncio.wait_for(reader.readline(), 5)).decode().strip()
+        writer.close()
+        await writer.wait_closed()
+        return name
+
+    chosen = {}
+    for i in range(2, 14):  # each source address is its own client (127.0.0.0/8 is all loopback)
+        source = f"127.0.0.{i}"
+        names = {await via(source) for _ in range(4)}
+        assert len(names) == 1, (source, names)
+        chosen[source] = names.pop()
+    assert len(set(chosen.values())) > 1  # different clients do spread

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fedproxy.proxy.http")
 
+HOLD = "hold"  # the upstream is not read while its response head waits for the retry-or-commit decision
+
 try:  # the balancing engineer may provide the shared hash; same contract: text -> int
     from ..balancing import hash_key as _hash_text  # type: ignore[attr-defined]
 except ImportError:
@@ -51,7 +53,7 @@ class Exchange:
 
     def on_response_head(self, up: UpstreamProtocol) -> None:
         # Hold body bytes until the task commits (it may still retry on a 5xx).
-        up.transport.pause_reading()  # type: ignore[union-attr]
+        self.client.flow.pause_reading(HOLD)
         w = self.req.head_waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -150,14 +152,10 @@ async def forward(server: HttpProxyServer, client: HttpProxyProtocol, req: Reque
                 return
             kinds = retry_kind("" if outcome == "status" else outcome, status)
             if client.up is not None and outcome != "status":
-                client.up.detach()
-                client.up.close()
-                client.up = None
+                _drop_upstream(client)
             if outcome != "timeout" and may_retry(req, policy, retries, kinds, sent) and not client.closing:
                 if client.up is not None:  # a held 5xx we retry instead of passing on
-                    client.up.detach()
-                    client.up.close()
-                    client.up = None
+                    _drop_upstream(client)
                 retries += 1
                 http_log.count_retry(server.name, str(route.spec.service))
                 log.info(
@@ -221,7 +219,7 @@ async def _attempt(
         req.done_waiter = None
         req.resp_pending, req.sent_body, req.committed = [], False, False
         up.begin(ex, req.method == b"HEAD")
-        up.flow.set_source(client.transport)
+        up.attach_flow(client.inbound)
         client.up = up
         client.flow.set_source(up.transport)
         head = http_head.request_head(
@@ -279,7 +277,7 @@ async def _commit(
             client.write(data)
         req.tunnel_pending_up = []
         client.start_tunnel(up, req)
-        up.transport.resume_reading()
+        client.flow.resume_reading(HOLD)
         req.done_waiter = client.loop.create_future()
         try:
             await req.done_waiter
@@ -314,7 +312,7 @@ async def _commit(
         if framing == b"chunked" and not no_body:
             client.write(http_head.CHUNK_END)
         req.done_waiter.set_result(None)
-    up.transport.resume_reading()
+    client.flow.resume_reading(HOLD)
     ok = True
     try:
         if deadline is not None:
@@ -335,6 +333,16 @@ async def _commit(
     client.finish(req, ok)
 
 
+def _drop_upstream(client: HttpProxyProtocol) -> None:
+    """Close the current attempt's connection (never reused: its response state is unknown)."""
+    up, client.up = client.up, None
+    client.flow.resume_reading(HOLD)
+    client.flow.set_source(None)
+    if up is not None:
+        up.detach()
+        up.close()
+
+
 def _bounded(timeout: float, deadline: float | None, loop: asyncio.AbstractEventLoop) -> float | None:
     left = None if deadline is None else max(0.0, deadline - loop.time())
     t = timeout if timeout > 0 else None
@@ -353,11 +361,7 @@ def _fail(
     ep: Endpoint | None = None,
 ) -> None:
     """Answer with the proxy's own error response (the one place errors become responses)."""
-    up = client.up
-    if up is not None:
-        up.detach()
-        up.close()
-        client.up = None
+    _drop_upstream(client)
     req.status = status
     service = str(route.spec.service) if route else "-"
     log.warning("event=http_error status=%d service=%s endpoint=%s reason=%r request_id=%s", status, service,

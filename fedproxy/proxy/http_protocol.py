@@ -47,6 +47,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.flow = FlowControl()  # response direction: the upstream is the source, we are the sink
+        self.inbound = FlowControl()  # every reason to stop reading this client (upstream full, pipelining...)
         self.client_ip = ""
         self.conn_id = 0
         self.requests_served = 0
@@ -67,7 +68,7 @@ class HttpProxyProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.flow = FlowControl()
+        self.inbound = FlowControl(transport)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "unknown"
         self.conn_id = self.server.register(self)
@@ -107,7 +108,7 @@ class HttpProxyProtocol(asyncio.Protocol):
             if req is not None and req.websocket:
                 if rest:
                     req.tunnel_pending.append(rest)
-                self.flow.pause_reading("upgrade")
+                self.inbound.pause_reading("upgrade")
             elif req is not None:
                 req.keep_alive = False  # a non-websocket upgrade (h2c...) is refused: answer, then close
         except httptools.HttpParserCallbackError as exc:
@@ -192,7 +193,7 @@ class HttpProxyProtocol(asyncio.Protocol):
             self._start(req)
         else:
             self.queue.append(req)
-            self.flow.pause_reading("pipeline")
+            self.inbound.pause_reading("pipeline")
 
     def on_body(self, body: bytes) -> None:
         req = self.req
@@ -204,7 +205,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         else:
             req.pending.append(framed)
             if sum(map(len, req.pending)) > 65536:
-                self.flow.pause_reading("body")
+                self.inbound.pause_reading("body")
 
     def on_message_complete(self) -> None:
         req = self.req
@@ -231,7 +232,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         pending, req.pending = req.pending, []
         for framed in pending:
             self._send_body(req, framed)
-        self.flow.resume_reading("body")
+        self.inbound.resume_reading("body")
 
     def _start(self, req: Request) -> None:
         self.active = req
@@ -241,13 +242,14 @@ class HttpProxyProtocol(asyncio.Protocol):
         """The response is complete (or failed after the head): next request, or close."""
         self.active = None
         self.up = None
+        self.flow.set_source(None)
         self.requests_served += 1
         if self.closing:
             return
         if not reuse_client or not req.keep_alive or not req.body_done or self.draining or self.upgrade_seen:
             self._close()
             return
-        self.flow.resume_reading("pipeline")
+        self.inbound.resume_reading("pipeline")
         if self.queue:
             self._start(self.queue.popleft())
         else:
@@ -263,7 +265,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         pending, req.tunnel_pending = req.tunnel_pending, []
         for data in pending:
             up.transport.write(data)  # type: ignore[union-attr]
-        self.flow.resume_reading("upgrade")
+        self.inbound.resume_reading("upgrade")
 
     def _bad_request(self, status: int, reason: str) -> None:
         log.info(

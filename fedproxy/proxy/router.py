@@ -35,10 +35,7 @@ class Route:
         for name, value in self.headers:
             if headers.get(name) != value:
                 return False
-        for name, value in self.cookies:
-            if cookies.get(name) != value:
-                return False
-        return True
+        return all(cookies.get(name) == value for name, value in self.cookies)
 
 
 def _as_bytes(value: bytes | str) -> bytes:

@@ -2,8 +2,9 @@
 
 An ``UpstreamProtocol`` carries one request at a time for a *sink* (the client connection's protocol, see
 ``Sink``): it parses only the response head with httptools (llhttp) and hands body bytes on as they come.
-After a 101 it becomes a byte splice. Back-pressure: this protocol's ``flow`` pauses the client while the
-upstream cannot take more request bytes; the client side pauses this transport the other way.
+After a 101 it becomes a byte splice. Back-pressure: while this connection's write buffer is full the
+client's ``FlowControl`` (``attach_flow``) stops reading the client; the client side pauses this transport
+the other way.
 ``UpstreamPool`` keeps up to ``max_idle`` idle connections per endpoint, each closed after the idle timeout.
 """
 
@@ -22,6 +23,7 @@ from .flow import FlowControl
 log = logging.getLogger("fedproxy.proxy.upstream")
 
 MAX_IDLE_PER_ENDPOINT = 32  # idle keep-alive connections kept per endpoint (nginx keepalive default is 32)
+UPSTREAM_FULL = "upstream-full"  # the reason the client's reading is paused for our back-pressure
 MAX_RESPONSE_HEAD = 64 * 1024  # bytes; a larger response head is a broken upstream
 
 
@@ -50,7 +52,8 @@ class UpstreamProtocol(asyncio.Protocol):
         self.pool = pool
         self.ep = ep
         self.transport: asyncio.Transport | None = None
-        self.flow = FlowControl()  # request direction: the client is the source, we are the sink
+        self.write_paused = False
+        self.client_flow: FlowControl | None = None  # pauses the client's reading while we cannot write
         self.closed = False
         self.idle_handle: asyncio.TimerHandle | None = None
         # Per response.
@@ -81,9 +84,17 @@ class UpstreamProtocol(asyncio.Protocol):
         self.content_length = self.chunked = self.got_bytes = self.head_done = self.complete = False
         self.keep_alive = True
 
+    def attach_flow(self, client_flow: FlowControl) -> None:
+        """Request direction back-pressure: while our write buffer is full, the client is not read."""
+        self.client_flow = client_flow
+        if self.write_paused:
+            client_flow.pause_reading(UPSTREAM_FULL)
+
     def detach(self) -> None:
         self.sink = None
-        self.flow.set_source(None)
+        flow, self.client_flow = self.client_flow, None
+        if flow is not None:
+            flow.resume_reading(UPSTREAM_FULL)
 
     def close(self) -> None:
         self.closed = True
@@ -146,7 +157,9 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.flow.connection_lost()
+        flow, self.client_flow = self.client_flow, None
+        if flow is not None:
+            flow.resume_reading(UPSTREAM_FULL)
         self.pool.forget(self)
         if self.idle_handle is not None:
             self.idle_handle.cancel()
@@ -164,10 +177,14 @@ class UpstreamProtocol(asyncio.Protocol):
             sink.on_upstream_lost(UpstreamLost(f"upstream closed: {exc or 'eof'}", self.got_bytes))
 
     def pause_writing(self) -> None:
-        self.flow.pause_writing()
+        self.write_paused = True
+        if self.client_flow is not None:
+            self.client_flow.pause_reading(UPSTREAM_FULL)
 
     def resume_writing(self) -> None:
-        self.flow.resume_writing()
+        self.write_paused = False
+        if self.client_flow is not None:
+            self.client_flow.resume_reading(UPSTREAM_FULL)
 
     # Parser callbacks
 

@@ -498,7 +498,13 @@ class TcpProxyServer:
         await self._tasks.close()
         if self._server is not None:
             server, self._server = self._server, None
-            await server.wait_closed()
+            # Some loops (uvloop, CPython >= 3.12) also wait here for accepted transports to go away; one
+            # closed normally may still be flushing to a slow reader, which must not hold up a shutdown.
+            try:
+                async with asyncio.timeout(1.0):
+                    await server.wait_closed()
+            except TimeoutError:
+                log.info("event=tcp_close_wait_timeout listener=%s", self.name)
 
     async def close(self) -> None:
         """Stop at once: the listener and every open connection are closed."""

@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dns-port", type=int, default=5353)
     demo.add_argument("--admin-port", type=int, default=9901)
     demo.add_argument("--duration", type=float, default=0.0, help="s to run, 0 = until Ctrl-C")
+    demo.add_argument(
+        "--port-offset", type=int, default=10000, help="shift of the emulated services' ports (80 -> 10080)"
+    )
     demo.add_argument("--workdir", default="", help="where to write the demo kubeconfig and config")
     return p
 

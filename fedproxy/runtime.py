@@ -17,7 +17,7 @@ from typing import Any
 
 from .aio import TaskOwner
 from .balancing import HealthView, Overrides, ServingState, build_state
-from .balancing.health import OutlierDetector
+from .balancing.health import Arrivals, OutlierDetector
 from .catalog import build_catalog
 from .config import Config
 from .configload import diff, load_config, parse_config
@@ -25,6 +25,7 @@ from .discovery import Discovery
 from .dns.server import DnsServer
 from .errors import ConfigError
 from .model import ClusterSnapshot, Endpoint
+from .probes import Prober
 from .proxy.http import HttpProxyServer
 from .proxy.tcp import TcpProxyServer
 
@@ -62,6 +63,8 @@ class Runtime:
         self.overrides = Overrides()
         self.detector = OutlierDetector(config.balancing.outlier)
         self.health = HealthView()
+        self.arrivals = Arrivals()  # slow start: since when each endpoint is in service
+        self.prober = Prober(self._rebuild)
         self._version = 0
         self.state: ServingState = build_state(config, build_catalog((), config, 0))
         self.discovery = Discovery(config, self._on_snapshots, clock=clock)
@@ -86,24 +89,40 @@ class Runtime:
         self._version += 1
         catalog = build_catalog(self.snapshots.values(), self.config, self._version)
         now = self.clock()
-        self.health = self.detector.view(now)
-        self.state = build_state(self.config, catalog, self.health, self.overrides, now, self._version)
+        health = self.detector.view(now).union(self.prober.health.view())
+        state = build_state(self.config, catalog, health, self.overrides, now, self._version, previous=self.state)
+        window = self.config.balancing.slow_start
+        if window > 0:
+            # Slow start needs to know what is newly in service, which only the pools built just now tell.
+            self.arrivals.observe(
+                (ep for p in state.pools.values() for ep in p.endpoints if ep not in health.unhealthy), now, window
+            )
+            if self.arrivals.view().since:
+                health = health.union(self.arrivals.view())
+                state = build_state(
+                    self.config, catalog, health, self.overrides, now, self._version, previous=self.state
+                )
+        self.health = health
+        self.state = state
         if self.dns is not None:
-            self.dns.update(self.state)
+            self.dns.update(state)
         for cb in self.on_state:
-            cb(self.state)
-        self._schedule_health_change(now)
+            cb(state)
+        if self.listening:
+            self.tasks.spawn(f"probes-{self._version}", self.prober.reconcile(state))
+        self._schedule_refresh(now)
 
-    def _schedule_health_change(self, now: float) -> None:
-        """Readmission after an ejection changes the health view: rebuild then, not per request."""
+    def _schedule_refresh(self, now: float) -> None:
+        """Readmissions and slow-start ramps change the pools with time: rebuild then, not per request."""
         if self._health_timer is not None:
             self._health_timer.cancel()
             self._health_timer = None
-        when = self.detector.next_change(now)
-        if when is not None:
-            loop = asyncio.get_running_loop() if self.listening else None
-            if loop is not None:
-                self._health_timer = loop.call_later(max(0.0, when - now) + 0.001, self._rebuild)
+        times = [t for p in self.state.pools.values() if (t := p.refresh_at) is not None]
+        if (when := self.detector.next_change(now)) is not None:
+            times.append(when)
+        if times and self.listening:
+            delay = max(0.0, min(times) - now) + 0.001
+            self._health_timer = asyncio.get_running_loop().call_later(delay, self._rebuild)
 
     def _on_snapshots(self, snapshots: Mapping[str, ClusterSnapshot]) -> None:
         self.snapshots = dict(snapshots)
@@ -252,6 +271,7 @@ class Runtime:
         if self.dns is not None:
             await self.dns.close()
         await self.discovery.close()
+        await self.prober.close()
         await self.tasks.close()
         self.http.clear()
         self.tcp.clear()

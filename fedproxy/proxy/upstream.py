@@ -108,8 +108,7 @@ class UpstreamProtocol(asyncio.Protocol):
     # Protocol interface
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
 
     def data_received(self, data: bytes) -> None:
         sink = self.sink

@@ -20,9 +20,6 @@ from fedproxy.sim.topology import Topology
 
 log = logging.getLogger("fedproxy.demo")
 
-# Service ports of the demo objects are shifted so nothing needs root (80 -> 10080, 7 -> 10007 ...).
-DEMO_PORT_OFFSET = 10000
-
 
 def demo_config(kubeconfig: Path, http: int, tcp: int, dns: int, admin: int) -> str:
     """The fedproxy config of the demo: east-1 is local (pods reachable), east-2 has a flat network
@@ -90,7 +87,8 @@ async def _failover(topology: Topology, after: float) -> None:
 async def run_demo(args: argparse.Namespace) -> None:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fedproxy-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    topology = Topology(port_offset=DEMO_PORT_OFFSET)
+    # Service ports are shifted (--port-offset) so nothing needs root: 80 -> 10080, 7 -> 10007 ...
+    topology = Topology(port_offset=args.port_offset)
     await topology.start()
     try:
         kubeconfig = topology.write_kubeconfig(workdir / "kubeconfig.yaml")

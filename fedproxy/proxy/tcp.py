@@ -169,6 +169,7 @@ class _Client(asyncio.Protocol):
         "result",
         "done",
         "admitted",
+        "early",
     )
 
     def __init__(self, settings: _Settings) -> None:
@@ -189,6 +190,9 @@ class _Client(asyncio.Protocol):
         self.result = ""
         self.done = False
         self.admitted = False
+        # Bytes that arrive before the upstream is connected: uvloop may deliver data read together with
+        # the accept even though reading is paused in connection_made. Bounded by one read.
+        self.early: bytes = b""
 
     # Protocol interface
 
@@ -202,10 +206,16 @@ class _Client(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
         self.last = time.monotonic()
+        if self.upstream is None:
+            self.early += data
+            self.up_flow.pause_reading(CONNECT)
+            return
         self.upstream.transport.write(data)  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         self.client_eof = True
+        if self.upstream is None and not self.done:
+            return True  # half-close before the upstream exists: forwarded once it is connected
         up = self.upstream.transport if self.upstream is not None else None
         if up is None or self.server_eof:
             self.finish("ok")
@@ -240,6 +250,13 @@ class _Client(asyncio.Protocol):
                 proxy_protocol.encode(self.s.proxy_protocol, self.peer, t.get_extra_info("sockname"))  # type: ignore[union-attr]
             )
         self.down_flow.set_source(up)  # type: ignore[arg-type]
+        if self.early:
+            up.write(self.early)  # type: ignore[union-attr]
+            self.early = b""
+        if self.client_eof:
+            if up.can_write_eof():  # type: ignore[union-attr]
+                up.write_eof()  # type: ignore[union-attr]
+            return
         self.up_flow.resume_reading(CONNECT)
 
     def upstream_eof(self) -> bool:

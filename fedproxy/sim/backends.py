@@ -168,8 +168,7 @@ class _EchoProtocol(asyncio.Protocol):
     # Protocol interface
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
         self._owner.connections.add(transport)
         self._owner.accepted += 1
         if self._owner.prefix:

@@ -66,7 +66,7 @@ class AdminServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(RuntimeCollector(runtime, self.config_hash, runtime.clock))
         self._runner: web.AppRunner | None = None
-        self._hash_of: tuple[int, str] = (0, "")
+        self._hash_of: tuple[object, str] = (None, "")
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -138,8 +138,9 @@ class AdminServer:
     # -- config ----------------------------------------------------------------------------------------
     def config_hash(self) -> str:
         cfg = self.runtime.config
-        if self._hash_of[0] != id(cfg) or not self._hash_of[1]:
-            self._hash_of = (id(cfg), config_hash(cfg))
+        # Cached per config object: a reload swaps the object, and hashing walks the whole tree.
+        if self._hash_of[0] is not cfg:
+            self._hash_of = (cfg, config_hash(cfg))
         return self._hash_of[1]
 
     async def reload(self, request: web.Request) -> web.Response:

@@ -94,6 +94,10 @@ async def checked_response(resp: aiohttp.ClientResponse) -> aiohttp.ClientRespon
     raise ApiException(status=resp.status, reason=reason)
 
 
+class ResyncNeeded(Exception):
+    """The member was disconnected while a watch request was in flight: relist instead of resuming."""
+
+
 class KindWatcher:
     """The list+watch loop of one kind of one member."""
 
@@ -118,13 +122,15 @@ class KindWatcher:
                 health = self.state.kinds[self.kind]
                 try:
                     if not health.resource_version:
-                        await self._relist(reason)
+                        await self._relist("reconnect" if health.listed and not health.resynced else reason)
                         reason = "resync"
                     if await self._watch(w):
                         attempt = 0
                     continue
                 except asyncio.CancelledError:
                     raise
+                except ResyncNeeded:
+                    continue
                 except ApiException as exc:
                     if exc.status == 410:
                         log.info("event=watch_restart cluster=%s kind=%s reason=410", self.state.name, self.kind)
@@ -178,6 +184,9 @@ class KindWatcher:
             # No docstring on purpose: kubernetes_asyncio then keeps events as raw dicts (no model classes).
             nonlocal opened
             resp = await checked_response(await self._call(**kwargs))
+            if not health.resource_version:
+                resp.release()
+                raise ResyncNeeded
             opened = True
             self.state.opened(self.kind)
             return resp

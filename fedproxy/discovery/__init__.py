@@ -14,8 +14,8 @@ Glossary:
 This package emits snapshots and nothing else; it never imports the catalog or the serving side.
 """
 
-from .auth import Credentials, MemberClient, credentials_for, make_client
-from .member import Discovery, MemberSpec, configured_members
+from .auth import Credentials, MemberClient, MemberSpec, credentials_for, make_client
+from .member import Discovery, configured_members
 
 __all__ = [
     "Credentials",

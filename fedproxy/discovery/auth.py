@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from kubernetes_asyncio import client, config
 
 from ..config import ClusterConfig
+from ..model import Locality
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,17 @@ class Credentials:
         if self.kubeconfig:
             return f"kubeconfig={self.kubeconfig} context={self.context or '(current)'}"
         return f"server={self.server}"
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One member to watch: its name (the snapshot name), how to reach it, and what Karmada says of it."""
+
+    name: str
+    credentials: Credentials
+    locality: Locality = Locality()
+    ready: bool = True  # Karmada's Ready condition; configured members are always "ready"
+    source: str = field(default="config", compare=False)  # "config" | "karmada"
 
 
 def credentials_for(cluster: ClusterConfig) -> Credentials | None:

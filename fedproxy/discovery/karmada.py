@@ -24,8 +24,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..config import DiscoveryConfig, KarmadaConfig
 from ..model import Locality
-from .auth import Credentials, MemberClient, make_client
-from .member import MemberSpec
+from .auth import Credentials, MemberClient, MemberSpec, make_client
 from .watch import backoff_delay, checked_response
 
 log = logging.getLogger("fedproxy.discovery")

@@ -21,31 +21,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from ..aio import TaskOwner
 from ..config import Config
 from ..model import ClusterSnapshot, Locality
-from .auth import Credentials, MemberClient, credentials_for, make_client
+from .auth import MemberClient, MemberSpec, credentials_for, make_client
+from .karmada import KarmadaSource
 from .state import MemberState
 from .watch import KINDS, KindWatcher, backoff_delay
 
 log = logging.getLogger("fedproxy.discovery")
 
 OnChange = Callable[[Mapping[str, ClusterSnapshot]], None]
-
-
-@dataclass(frozen=True)
-class MemberSpec:
-    """One member to watch: its name (the snapshot name), how to reach it, and what Karmada says of it."""
-
-    name: str
-    credentials: Credentials
-    locality: Locality = Locality()
-    ready: bool = True  # Karmada's Ready condition; configured members are always "ready"
-    source: str = field(default="config", compare=False)  # "config" | "karmada"
 
 
 @dataclass
@@ -159,8 +149,6 @@ class Discovery:
             self._dirty.set()
 
     def _karmada_task(self) -> Coroutine[Any, Any, None]:
-        from .karmada import KarmadaSource  # karmada builds on this module's MemberSpec
-
         assert self._config.karmada is not None
         return KarmadaSource(self._config.karmada, self._config.discovery, self.apply_karmada).run()
 

@@ -101,7 +101,9 @@ async def run_discovery() -> AsyncIterator[Callable[[Config], asyncio.Future]]:
     for d in started:
         await d.close()
     await asyncio.sleep(0)
-    leaked = [t for t in asyncio.all_tasks() - before if not t.done() and t.get_name().startswith(("discovery:", "member:"))]
+    leaked = [
+        t for t in asyncio.all_tasks() - before if not t.done() and t.get_name().startswith(("discovery:", "member:"))
+    ]
     assert not leaked, f"tasks left running: {leaked}"
 
 

@@ -76,3 +76,12 @@ class TaskOwner:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+
+
+def install_uvloop() -> None:
+    """Use uvloop's event loop (the data paths are designed for it: shared/PERFORMANCE.md)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

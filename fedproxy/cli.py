@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return check_config_main(args.file)
     if args.command == "run":
+        if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Before any metric exists: every process writes its samples there and /metrics sums them.
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fedproxy-metrics-")
         from .serve import run_main
 
         return run_main(args.config, workers=args.workers)

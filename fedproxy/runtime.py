@@ -13,12 +13,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from .aio import TaskOwner
 from .balancing import HealthView, Overrides, ServingState, build_state
 from .balancing.health import Arrivals, OutlierDetector
-from .catalog import build_catalog
+from .catalog import Catalog, build_catalog
 from .config import Config
 from .configload import diff, load_config, parse_config
 from .discovery import Discovery
@@ -43,8 +43,16 @@ def _listener_key(kind: str, lst: Any) -> tuple[str, str, int]:
     return (kind, lst.address, lst.port)
 
 
+Role = Literal["all", "control", "worker"]
+
+
 class Runtime:
-    """Owns the current config, snapshots, health, overrides, serving state and every listener."""
+    """Owns the current config, snapshots, health, overrides, serving state and every listener.
+
+    ``role``: "all" (one process does everything, the default), "control" (discovery, catalog, active
+    checks, overrides; no listeners: workers serve) or "worker" (listeners only; the catalog, overrides and
+    active-check health arrive from the control process through :meth:`apply_remote`).
+    """
 
     def __init__(
         self,
@@ -53,7 +61,12 @@ class Runtime:
         config_path: str = "",
         reuse_port: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        role: Role = "all",
     ) -> None:
+        self.role = role
+        self.remote_catalog: Catalog | None = None
+        self.remote_health = HealthView()
+        self.workers_ready: Callable[[], tuple[bool, str]] | None = None  # set by the worker supervisor
         self.config = config
         self.config_path = config_path or config.source
         self.reuse_port = reuse_port
@@ -87,9 +100,12 @@ class Runtime:
     def _rebuild(self) -> None:
         """Build a new serving state from the current inputs and swap it in, with routers and DNS."""
         self._version += 1
-        catalog = build_catalog(self.snapshots.values(), self.config, self._version)
+        if self.remote_catalog is not None:
+            catalog = self.remote_catalog
+        else:
+            catalog = build_catalog(self.snapshots.values(), self.config, self._version)
         now = self.clock()
-        health = self.detector.view(now).union(self.prober.health.view())
+        health = self.detector.view(now).union(self.prober.health.view()).union(self.remote_health)
         state = build_state(self.config, catalog, health, self.overrides, now, self._version, previous=self.state)
         window = self.config.balancing.slow_start
         if window > 0:
@@ -108,7 +124,7 @@ class Runtime:
             self.dns.update(state)
         for cb in self.on_state:
             cb(state)
-        if self.listening:
+        if self.listening and self.role != "worker":
             self.tasks.spawn(f"probes-{self._version}", self.prober.reconcile(state))
         self._schedule_refresh(now)
 
@@ -164,8 +180,23 @@ class Runtime:
         """Start discovery and every listener; raises OSError when a listener cannot bind."""
         self.listening = True
         self._rebuild()
-        await self._apply_listeners(self.config)
-        await self.discovery.start()
+        if self.role != "control":
+            await self._apply_listeners(self.config)
+        if self.role != "worker":
+            await self.discovery.start()
+
+    async def apply_remote(self, config: Config, catalog: Catalog, overrides: Overrides, health: HealthView) -> None:
+        """Worker side: the control process sent a newer world; adopt it (listeners follow the config)."""
+        self.remote_catalog, self.overrides, self.remote_health = catalog, overrides, health
+        if config != self.config:
+            old = self.config
+            self.config = config
+            if config.balancing.outlier != old.balancing.outlier:
+                self.detector = OutlierDetector(config.balancing.outlier)
+            self._rebuild()
+            await self._apply_listeners(config)
+        else:
+            self._rebuild()
 
     def ready(self) -> tuple[bool, str]:
         """Kubernetes readiness: listeners bound and at least one member synced (or none configured)."""
@@ -173,6 +204,10 @@ class Runtime:
             return False, "draining"
         if not self.listening:
             return False, "listeners not bound"
+        if self.workers_ready is not None:
+            ok, why = self.workers_ready()
+            if not ok:
+                return False, why
         snaps = self.snapshots
         if (self.config.clusters or self.config.karmada) and not any(s.synced for s in snaps.values()):
             return False, "no member synced yet"
@@ -198,7 +233,7 @@ class Runtime:
                         started.append(tsrv)
                         self.tcp[key] = tsrv
                 if config.dns.enabled and self.dns is None:
-                    self.dns = DnsServer(config.dns, self.get_state)
+                    self.dns = DnsServer(config.dns, self.get_state, reuse_port=self.reuse_port)
                     await self.dns.start()
                     started.append(self.dns)
                     self.dns.update(self.state)
@@ -245,7 +280,8 @@ class Runtime:
                 self.detector = OutlierDetector(new.balancing.outlier)
             # Runtime overrides survive a reload unless the file now speaks about those members.
             self._rebuild()
-            await self._apply_listeners(new)
+            if self.role != "control":
+                await self._apply_listeners(new)
             await self.discovery.update(new)
         except OSError as exc:
             # A listener could not bind: go back to the old config, which still has all its sockets.

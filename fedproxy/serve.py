@@ -12,10 +12,12 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from .admin.server import AdminServer
+from .aio import install_uvloop
 from .config import Config
 from .configload import load_config
 from .errors import ConfigError
 from .runtime import Runtime
+from .workers import Supervisor
 
 log = logging.getLogger("fedproxy.serve")
 
@@ -23,20 +25,27 @@ log = logging.getLogger("fedproxy.serve")
 class Server:
     """One fedproxy process: the runtime (discovery, listeners) and the admin server."""
 
-    def __init__(self, config: Config, *, config_path: str = "") -> None:
-        self.runtime = Runtime(config, config_path=config_path)
+    def __init__(self, config: Config, *, config_path: str = "", workers: int = 1) -> None:
+        self.runtime = Runtime(config, config_path=config_path, role="control" if workers > 1 else "all")
+        self.supervisor = Supervisor(self.runtime, workers) if workers > 1 else None
         self.admin = AdminServer(self.runtime)
         self.stopping = asyncio.Event()
 
     async def startup(self) -> None:
         await self.runtime.startup()
         try:
+            if self.supervisor is not None:
+                await self.supervisor.start()
             await self.admin.start()
         except BaseException:
-            await self.runtime.shutdown(0)
+            await self.shutdown(0)
             raise
 
     async def shutdown(self, grace: float | None = None) -> None:
+        grace = self.runtime.config.admin.drain_timeout if grace is None else grace
+        self.runtime.draining = True
+        if self.supervisor is not None:
+            await self.supervisor.close(grace)
         await self.runtime.shutdown(grace)
         await self.admin.close()
 
@@ -81,14 +90,6 @@ class Server:
             await self.shutdown()
 
 
-def install_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
 def run_main(config_path: str, *, workers: int = 1) -> int:
     """``fedproxy run``: load the config, serve in the foreground, exit 0 after a clean drain."""
     try:
@@ -100,14 +101,10 @@ def run_main(config_path: str, *, workers: int = 1) -> int:
     except OSError as exc:
         print(f"{config_path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    if workers != 1:
-        from .workers import run_workers
-
-        return run_workers(config, config_path, workers)
     install_uvloop()
 
     async def main() -> None:
-        server = Server(config, config_path=config_path)
+        server = Server(config, config_path=config_path, workers=workers)
         await server.serve()
 
     try:

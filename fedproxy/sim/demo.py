@@ -14,8 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fedproxy.aio import install_uvloop
 from fedproxy.configload import load_config
-from fedproxy.serve import Server, install_uvloop
+from fedproxy.serve import Server
 from fedproxy.sim.topology import Topology
 
 log = logging.getLogger("fedproxy.demo")

@@ -1,0 +1,127 @@
+"""`fedproxy run --workers 2`: one control process, two serving workers, fed by emulated members.
+
+Checks what ARCHITECTURE.md promises: listeners shared through SO_REUSEPORT, one set of watches in the
+control process, drains reach every worker, /metrics sums the workers, a dead worker is restarted while
+the other serves, and SIGTERM stops everything with exit code 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fedproxy.sim.demo import demo_config
+from fedproxy.sim.topology import Topology
+from tests.test_demo import free_ports
+
+pytestmark = pytest.mark.slow
+
+
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return {int(x) for x in out.split()}
+
+
+async def _until(predicate, deadline: float = 15.0):  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    last: object = None
+    while loop.time() < end:
+        try:
+            last = await predicate()
+            if last:
+                return last
+        except (aiohttp.ClientError, OSError) as exc:
+            last = exc
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"condition not met: {last!r}")
+
+
+async def test_two_workers_share_listeners_and_survive_a_worker_crash(tmp_path: Path) -> None:
+    http, tcp, dns_port, admin = free_ports(4)
+    topology = Topology(port_offset=30000 + (os.getpid() % 50) * 10)
+    await topology.start()
+    proc = None
+    try:
+        kubeconfig = topology.write_kubeconfig(tmp_path / "kubeconfig.yaml")
+        cfg = tmp_path / "fedproxy.yaml"
+        cfg.write_text(demo_config(kubeconfig, http, tcp, dns_port, admin))
+        exe = Path(sys.executable).with_name("fedproxy")
+        proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block; waits go through to_thread
+            [str(exe), "run", "--config", str(cfg), "--workers", "2"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
+        )
+        async with aiohttp.ClientSession() as s:
+
+            async def ready() -> bool:
+                async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
+                    return r.status == 200
+
+            await _until(ready)
+            workers = _children(proc.pid)
+            assert len(workers) == 2
+
+            async def front() -> dict:
+                # A new connection each time, so the kernel spreads them over both workers.
+                async with aiohttp.ClientSession() as fresh, fresh.get(f"http://127.0.0.1:{http}/") as r:
+                    assert r.status == 200, await r.text()
+                    return json.loads(await r.text())
+
+            answers = [await front() for _ in range(20)]
+            assert {a["cluster"] for a in answers} == {"east-1"}
+
+            # A drain sent to the control process reaches both workers.
+            async with s.post(f"http://127.0.0.1:{admin}/api/v1/clusters/east-1/drain") as r:
+                assert r.status == 200
+
+            async def moved() -> bool:
+                got = [await front() for _ in range(10)]
+                return all(a["cluster"] != "east-1" for a in got)
+
+            await _until(moved)
+
+            # /metrics sums the workers' request counters.
+            async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                text = await r.text()
+            total = sum(
+                sample.value
+                for fam in text_string_to_metric_families(text)
+                for sample in fam.samples
+                if sample.name == "fedproxy_http_requests_total"
+            )
+            assert total >= 30
+
+            # Kill one worker: it is restarted, and the front door keeps answering meanwhile.
+            victim = sorted(workers)[0]
+            os.kill(victim, signal.SIGKILL)
+            for _ in range(10):
+                await front()
+
+            async def restarted() -> bool:
+                now = _children(proc.pid)
+                return len(now) == 2 and victim not in now
+
+            await _until(restarted)
+            await _until(ready)
+
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        assert _children(proc.pid) == set()
+    finally:
+        if proc is not None and proc.poll() is None:
+            for child in _children(proc.pid):
+                os.kill(child, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+        await topology.stop()

@@ -99,6 +99,11 @@ def port(v: int) -> str | None:
     return None if 1 <= v <= 65535 else f"must be 1..65535, got {v}"
 
 
+def bind_port(v: int) -> str | None:
+    """A port fedproxy listens on: 0 asks the kernel for a free one (tests, sidecars); the state API shows it."""
+    return None if 0 <= v <= 65535 else f"must be 0..65535 (0 = any free port), got {v}"
+
+
 def dns_label(v: str) -> str | None:
     return None if _DNS_LABEL_RE.match(v) else f"{quote(v)} is not a DNS label (lowercase a-z, 0-9, '-')"
 
@@ -251,12 +256,12 @@ FIELD_CHECKS: dict[tuple[type, str], Check] = {
     (HttpRoute, "headers"): header_names,
     (HttpRoute, "clusters"): weights,
     (HttpRoute, "pin_header"): header_name,
-    (HttpListener, "port"): port,
+    (HttpListener, "port"): bind_port,
     (HttpListener, "address"): bind_address,
     (HttpListener, "max_header_bytes"): at_least(1024),
     (HttpListener, "request_head_timeout"): positive,
     (HttpListener, "drain_timeout"): at_least(0),
-    (TcpListener, "port"): port,
+    (TcpListener, "port"): bind_port,
     (TcpListener, "address"): bind_address,
     (TcpListener, "service_port"): lambda v: port(v) if isinstance(v, int) else non_empty(v),
     (TcpListener, "connect_timeout"): positive,
@@ -265,14 +270,14 @@ FIELD_CHECKS: dict[tuple[type, str], Check] = {
     (TcpListener, "max_connections"): at_least(0),
     (TcpListener, "drain_timeout"): at_least(0),
     (DnsConfig, "address"): bind_address,
-    (DnsConfig, "port"): port,
+    (DnsConfig, "port"): bind_port,
     (DnsConfig, "ttl"): at_least(0),
     (DnsConfig, "negative_ttl"): at_least(0),
     (DnsConfig, "advertise_address"): optional_ip,
     (DnsConfig, "forward"): forward,
     (DnsConfig, "max_udp_payload"): at_least(512, 65535),
     (AdminConfig, "address"): bind_address,
-    (AdminConfig, "port"): port,
+    (AdminConfig, "port"): bind_port,
     (AdminConfig, "drain_timeout"): at_least(0),
     (OutlierConfig, "consecutive_failures"): at_least(1),
     (OutlierConfig, "base_ejection_time"): positive,
@@ -337,6 +342,8 @@ def check_config(config: Config) -> list[str]:
 
     seen: list[tuple[str, str, int]] = []
     for path, address, prt in listener_sockets(config):
+        if prt == 0:
+            continue  # every port-0 socket gets its own free port
         for other, o_addr, o_port in seen:
             if prt == o_port and (address == o_addr or address in WILDCARDS or o_addr in WILDCARDS):
                 problems.append(f"{path}: {address}:{prt} collides with {other} ({o_addr}:{o_port})")

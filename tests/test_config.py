@@ -76,7 +76,10 @@ def test_defaults_of_empty_sections() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("http: {listeners: [{port: 8080}, {port: 70000}]}", "http.listeners[1].port: must be 1..65535, got 70000"),
+        (
+            "http: {listeners: [{port: 8080}, {port: 70000}]}",
+            "http.listeners[1].port: must be 0..65535 (0 = any free port), got 70000",
+        ),
         ("tcp: {listeners: [{port: 7000, service: demo}]}", 'tcp.listeners[0].service: "demo" is not "namespace/name"'),
         ("clusters: [{name: East_1, in_cluster: true}]", 'clusters[0].name: "East_1" is not a DNS label'),
         ("dns: {ttll: 5}", 'dns.ttll: unknown key (did you mean "ttl"?)'),
@@ -209,7 +212,7 @@ def test_listeners_on_distinct_addresses_do_not_collide() -> None:
 def test_every_problem_is_reported_at_once() -> None:
     found = problems(
         "clusters: [{name: East_1, kubeconfig: k}, {name: b, kubeconfig: k, local: true}]\n"
-        "http: {listeners: [{port: 0, routes: [{service: x, path_prefix: a}]}]}\n"
+        "http: {listeners: [{port: -1, routes: [{service: x, path_prefix: a}]}]}\n"
         "dns: {ttll: 3, port: 99999}\n"
         "admin: {address: 10.0.0.1}\n"
     )
@@ -290,12 +293,12 @@ def test_check_config_main_ok(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_check_config_main_reports_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("dns: {ttll: 1, port: 0}\n")
+    path.write_text("dns: {ttll: 1, port: 70000}\n")
     assert check_config_main(str(path)) == 1
     err = capsys.readouterr().err.splitlines()
     assert err == [
         f'{path}: dns.ttll: unknown key (did you mean "ttl"?)',
-        f"{path}: dns.port: must be 1..65535, got 0",
+        f"{path}: dns.port: must be 0..65535 (0 = any free port), got 70000",
     ]
     assert check_config_main(str(tmp_path / "missing.yaml")) == 1
     assert "cannot read" in capsys.readouterr().err

@@ -10,6 +10,7 @@ Python pays for.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 
@@ -51,7 +52,7 @@ async def connection_rate(port: int, duration: float, parallel: int = PARALLEL) 
         while loop.time() < deadline:
             done: asyncio.Future[bool] = loop.create_future()
             try:
-                transport, _ = await loop.create_connection(lambda: _OneShot(done), "127.0.0.1", port)
+                transport, _ = await loop.create_connection(functools.partial(_OneShot, done), "127.0.0.1", port)
                 ok = await asyncio.wait_for(done, 5.0)
                 transport.close()
             except (OSError, TimeoutError):

@@ -21,17 +21,14 @@ class Context:
     rounds: int
     duration: float
     quick: bool
-    planned: int = 0  # timed measurements announced by the scenarios
+    planned: int = 0  # timed measurements expected in the whole run (an estimate: failed subjects skip theirs)
     done: int = 0
     started: float = field(default_factory=time.monotonic)
-
-    def plan(self, measurements: int) -> None:
-        self.planned += measurements
 
     def progress(self, scenario: str, round_: int, what: str) -> None:
         """One stderr line per timed measurement: scenario, round, what runs and an estimate of time left."""
         self.done += 1
-        left = max(0, self.planned - self.done + 1) * (self.duration + OVERHEAD)
+        left = max(1, self.planned - self.done + 1) * (self.duration + OVERHEAD)
         print(
             f"[{scenario}] round {round_ + 1}/{self.rounds} {what} ({self.duration:g} s) ~{left:.0f} s left",
             file=sys.stderr,

@@ -105,7 +105,6 @@ async def run(ctx: Context) -> Table:
     table.notes.append("rebuild: build_catalog + build_state, one HTTP route (pool) per service, median of 3 per round")
     sizes = QUICK_SIZES if ctx.quick else FULL_SIZES
     idle_name = "fedproxy idle TCP conns"
-    ctx.plan(ctx.rounds * (len(sizes) + 1))
     for r in range(ctx.rounds):
         for clusters, services, endpoints in sizes:
             name = f"catalog {clusters}x{services:,}x{endpoints}"

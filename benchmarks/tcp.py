@@ -97,7 +97,6 @@ async def run(ctx: Context) -> Table:
     iperf = ensure("iperf3") if env.iperf is not None else None
     if iperf is None:
         table.notes.append("throughput not measured: iperf3 not available")
-    ctx.plan(ctx.rounds * len(subjects) * (2 if iperf else 1))
     try:
         for r in range(ctx.rounds):
             for name, (bulk, conn, pid) in subjects.items():

@@ -2,7 +2,9 @@
 
 Only used when ``dns.forward`` is set; otherwise such names are REFUSED. Each upstream is tried in order over
 UDP with a short timeout and the first reply is relayed unchanged (it carries the client's own ID, since the
-query is sent as received).
+query is sent as received). When the client asked over TCP and an upstream's UDP reply has TC set, the same
+upstream is asked again over TCP (RFC 7766 5), so the client gets the whole answer; over UDP the truncated reply
+is relayed and the client retries over TCP itself.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 FORWARD_TIMEOUT = 2.0  # s per upstream; a stub resolver retries after ~5 s, so two upstreams fit
+TC = 0x02  # in the third header byte
 
 
 def parse_upstream(text: str) -> tuple[str, int]:
@@ -38,17 +41,51 @@ class _Reply(asyncio.DatagramProtocol):
             self.done.set_exception(exc)
 
 
-async def forward(query: bytes, upstreams: tuple[str, ...], timeout: float = FORWARD_TIMEOUT) -> bytes | None:
-    """The first upstream's reply to ``query``, or None when none answered in time."""
+async def _tcp(query: bytes, host: str, port: int) -> bytes:
+    """One query over a fresh TCP connection (2-byte length framing); the reply must carry the query's ID."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(len(query).to_bytes(2, "big") + query)
+        await writer.drain()
+        size = int.from_bytes(await reader.readexactly(2), "big")
+        reply = await reader.readexactly(size)
+        if reply[:2] != query[:2] or len(reply) < 12:
+            raise OSError("TCP reply does not answer the query")
+        return reply
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+
+async def forward(
+    query: bytes, upstreams: tuple[str, ...], timeout: float = FORWARD_TIMEOUT, tcp_on_truncation: bool = False
+) -> bytes | None:
+    """The first upstream's reply to ``query``, or None when none answered in time.
+
+    ``tcp_on_truncation``: a UDP reply with TC set is replaced by the same upstream's TCP reply (kept as is when
+    TCP fails: the client still learns that the answer is truncated).
+    """
     loop = asyncio.get_running_loop()
     for upstream in upstreams:
         host, port = parse_upstream(upstream)
-        transport, proto = await loop.create_datagram_endpoint(lambda: _Reply(query[:2]), remote_addr=(host, port))
+        try:
+            transport, proto = await loop.create_datagram_endpoint(lambda: _Reply(query[:2]), remote_addr=(host, port))
+        except OSError:
+            continue
         try:
             transport.sendto(query)
-            return await asyncio.wait_for(proto.done, timeout)
+            reply = await asyncio.wait_for(proto.done, timeout)
         except (TimeoutError, OSError):
             continue
         finally:
             transport.close()
+        if tcp_on_truncation and reply[2] & TC:
+            try:
+                return await asyncio.wait_for(_tcp(query, host, port), timeout)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError):
+                pass
+        return reply
     return None

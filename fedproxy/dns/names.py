@@ -130,10 +130,30 @@ def _srv_name(port: ServicePort, base: dns.name.Name) -> dns.name.Name:
     return dns.name.Name([f"_{port.name}".lower(), f"_{port.protocol}".lower()]).concatenate(base)
 
 
-def _srv(b: TableBuilder, name: dns.name.Name, records: list[tuple[int, int, int, dns.name.Name]], extra: list) -> None:
+def _srv(
+    b: TableBuilder,
+    name: dns.name.Name,
+    records: list[tuple[int, int, int, dns.name.Name]],
+    extra: list,
+    cluster: str = "*",
+) -> None:
     rds = [dns.rdtypes.IN.SRV.SRV(IN, SRV, p, min(w, 65535), port, t) for p, w, port, t in records]
     if rds:
-        b.add(name, SRV, [rrset(name, b.ttl, SRV, rds)], extra)
+        b.add(name, SRV, [rrset(name, b.ttl, SRV, rds)], extra, cluster)
+
+
+def _cluster_srv(b: TableBuilder, svc: CatalogService, m: Member, target: dns.name.Name) -> None:
+    """SRV at ``<cluster>.<base>`` and ``_<port>._<proto>.<cluster>.<base>``: that cluster's ports only."""
+    extra = address_rrsets(target, b.ttl, m.addresses)
+    plain = []
+    for port in svc.ports:
+        if port not in m.ports:
+            continue
+        record = (0, m.weight, m.ports[port], target)
+        plain.append(record)
+        if port.name:
+            _srv(b, _srv_name(port, target), [record], extra, m.name)
+    _srv(b, target, plain, extra, m.name)
 
 
 def _clusterset_service(
@@ -154,10 +174,11 @@ def _clusterset_service(
     targets = {m.name: dns.name.Name([m.name]).concatenate(base) for m in ms}
     if cfg.cluster_prefix:
         for m in ms:
-            b.addresses(targets[m.name], m.addresses)
+            b.addresses(targets[m.name], m.addresses, cluster=m.name)
+            _cluster_srv(b, svc, m, targets[m.name])
     plain: list[tuple[int, int, int, dns.name.Name]] = []
     for port in svc.ports:
-        for_port = [m for m in ms if port in m.ports]
+        for_port = [m for m in ms if port in m.ports]  # a port only some clusters expose: only those
         if cfg.cluster_prefix:
             records = [(m.tier, m.weight, m.ports[port], targets[m.name]) for m in for_port]
             extra = [rs for m in for_port for rs in address_rrsets(targets[m.name], b.ttl, m.addresses)]
@@ -202,33 +223,58 @@ def _headless_service(b: TableBuilder, state: ServingState, svc: CatalogService,
             continue
         cluster_name = dns.name.Name([cluster.lower()]).concatenate(base)
         if cfg.cluster_prefix:
-            b.addresses(cluster_name, [p.address for p in published])
+            b.addresses(cluster_name, [p.address for p in published], cluster=cluster.lower())
         for pod in published:
             all_addresses[pod.address] = None
             pod_name = dns.name.Name([pod_label(pod)]).concatenate(cluster_name)
-            b.addresses(pod_name, [pod.address])
+            b.addresses(pod_name, [pod.address], cluster=cluster.lower())
             pods.append((pod_name, pod, side))
     if not all_addresses:
         return  # no ready endpoint: the name does not exist (KEP-1645)
     b.addresses(base, list(all_addresses))
     extra = [rs for name, pod, _ in pods for rs in address_rrsets(name, b.ttl, [pod.address])]
     plain = []
+    per_cluster: dict[str, list[tuple[int, int, int, dns.name.Name]]] = {}
     for port in svc.ports:
         records = []
-        for name, pod, _ in pods:
+        for name, pod, side in pods:
             number = pod.ports.get(port.name, port.target_port if isinstance(port.target_port, int) else port.port)
             records.append((0, 1, number, name))
+            per_cluster.setdefault(side.cluster.lower(), []).append(records[-1])
         plain += records
         if port.name:
             _srv(b, _srv_name(port, base), records, extra)
+            if cfg.cluster_prefix:  # _<port>._<proto>.<cluster>.<base>: that cluster's pods
+                for cluster in {side.cluster.lower() for _, _, side in pods}:
+                    mine = [r for r, (_, _, side) in zip(records, pods, strict=True) if side.cluster.lower() == cluster]
+                    cluster_base = dns.name.Name([cluster]).concatenate(base)
+                    _srv(b, _srv_name(port, cluster_base), mine, _extra_for(mine, extra), cluster)
     _srv(b, base, list(dict.fromkeys(plain)), extra)
+    if cfg.cluster_prefix:
+        for cluster, records in per_cluster.items():
+            _srv(b, dns.name.Name([cluster]).concatenate(base), records, _extra_for(records, extra), cluster)
 
 
-def build_table(state: ServingState, rr_state: RoundRobinState, config: DnsConfig | None = None) -> AnswerTable:
+def _extra_for(records: list[tuple[int, int, int, dns.name.Name]], extra: list) -> list:
+    """The additional-section rrsets of ``extra`` that belong to the targets of ``records``."""
+    targets = {r[3] for r in records}
+    return [rs for rs in extra if rs.name in targets]
+
+
+def is_headless(svc: CatalogService) -> bool:
+    """Headless when the Service is, or when a member's ServiceImport says ``spec.type: Headless`` (MCS)."""
+    if svc.headless:
+        return True
+    return any(s.service_import is not None and s.service_import.type == "Headless" for s in svc.clusters.values())
+
+
+def build_table(
+    state: ServingState, rr_state: RoundRobinState, config: DnsConfig | None = None, rr_seed: int = 0
+) -> AnswerTable:
     """Every name of the clusterset domain for this serving state, as prebuilt wire answers.
 
     ``rr_state`` is the caller's long-lived round-robin state; counters of names that still rotate are kept.
-    ``config`` defaults to ``state.config.dns``.
+    ``config`` defaults to ``state.config.dns``; ``rr_seed`` offsets where new rotations start (0: no offset).
     """
     cfg = config if config is not None else state.config.dns
     catalog = state.catalog
@@ -244,13 +290,15 @@ def build_table(state: ServingState, rr_state: RoundRobinState, config: DnsConfi
     b.add(version_name, dns.rdatatype.TXT, [rrset(version_name, cfg.ttl, dns.rdatatype.TXT, [txt])])
     policy = policy_of(cfg)
     proxied = proxied_addresses(state.config, cfg) if cfg.answer == "proxy" else {}
-    for _, svc in sorted(catalog.services.items()):
+    for key, svc in sorted(catalog.services.items()):
         if not svc.clusters:
             continue
-        if svc.headless:
+        b.service = str(key)
+        if is_headless(svc):
             _headless_service(b, state, svc, cfg)
         else:
             ms = members(state, svc, cfg, policy)
             if ms:
                 _clusterset_service(b, svc, ms, cfg, proxied)
-    return b.finish(rr_state, cfg.max_udp_payload, state.version)
+    b.service = ""
+    return b.finish(rr_state, cfg.max_udp_payload, state.version, rr_seed)

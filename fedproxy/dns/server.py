@@ -4,17 +4,30 @@ The runtime calls :meth:`DnsServer.update` on every serving-state swap; the tabl
 change with the state. Round-robin counters live here, outside the table, so a rebuild keeps every rotation
 that the change did not touch. TCP follows RFC 7766: 2-byte length framing, several queries per connection
 (pipelined, answered in order), an idle timeout.
+
+Metrics, kept cheap on the hot path: ``fedproxy_dns_answers_total{rcode,qtype,service,cluster}`` counts through
+children cached on the answered table entry (one int-keyed dict lookup and an inc per query);
+``fedproxy_dns_answer_seconds`` times one query in ``ANSWER_SAMPLE`` (two clock reads per query would cost
+more than the lookup itself); ``fedproxy_service_conflicts{service}`` is the number of MCS conflicts the catalog
+reports for a service, refreshed with each table (set to 0, not removed, once they clear: multiprocess mode
+cannot remove a series).
+
+Round-robin seed: every replica and worker starts new rotations at a different point (``rr_seed``: the
+``FEDPROXY_DNS_RR_SEED`` environment variable when set, else a hash of hostname and pid), so N replicas behind
+one resolver do not all answer the same cluster first after a start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
+import zlib
 from collections.abc import Callable
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from ..aio import TaskOwner
 from ..balancing import ServingState
@@ -26,7 +39,23 @@ from .table import RoundRobinState
 
 log = logging.getLogger("fedproxy.dns")
 
-ANSWERS = Counter("fedproxy_dns_answers", "DNS responses sent, by rcode and query type", ["rcode", "qtype"])
+ANSWERS = Counter(
+    "fedproxy_dns_answers",
+    "DNS responses sent, by rcode, query type, service and the cluster answered (* several, empty none)",
+    ["rcode", "qtype", "service", "cluster"],
+)
+ANSWER_SECONDS = Histogram(
+    "fedproxy_dns_answer_seconds",
+    "Time to compute one DNS answer (parse, lookup, join), sampled one query in 64",
+    buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 1e-3, 1e-2),
+)
+CONFLICTS = Gauge(
+    "fedproxy_service_conflicts",
+    "MCS conflicts (type, port definition, port not exposed by every member) of an exported service",
+    ["service"],
+    multiprocess_mode="max",
+)
+ANSWER_SAMPLE = 64  # a power of two: the sampling test is a mask
 BUILD_SECONDS = Histogram(
     "fedproxy_dns_table_build_seconds",
     "Time to rebuild the DNS answer table after a state change",
@@ -37,20 +66,38 @@ QTYPES = {1: "A", 2: "NS", 6: "SOA", 16: "TXT", 28: "AAAA", 33: "SRV", 255: "ANY
 TCP_IDLE_TIMEOUT = 10.0  # s, RFC 7766 6.2.3 suggests seconds, not minutes, for an idle connection
 
 
+def default_rr_seed() -> int:
+    """``FEDPROXY_DNS_RR_SEED`` when set, else a hash of hostname and pid (differs per replica and worker)."""
+    text = os.environ.get("FEDPROXY_DNS_RR_SEED", "")
+    if text.strip().isdigit():
+        return int(text)
+    return zlib.crc32(f"{socket.gethostname()}/{os.getpid()}".encode()) or 1
+
+
 class DnsServer:
     """Authoritative DNS for the clusterset domain on ``config.address:config.port`` (UDP and TCP)."""
 
-    def __init__(self, config: DnsConfig, get_state: Callable[[], ServingState], reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        config: DnsConfig,
+        get_state: Callable[[], ServingState],
+        reuse_port: bool = False,
+        rr_seed: int | None = None,
+    ) -> None:
+        """``rr_seed``: where new rotations start (None: :func:`default_rr_seed`; 0: no offset)."""
         self.config = config
         self.get_state = get_state
         self.reuse_port = reuse_port
+        self.rr_seed = default_rr_seed() if rr_seed is None else rr_seed
         self.rr_state: RoundRobinState = {}
+        self._conflicted: set[str] = set()
+        self._queries = 0
+        self._unlabelled: dict[int, Counter] = {}  # counters of answers given without a table entry
         self.table: AnswerTable | None = None
         self.port = config.port
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._connections: set[DnsTcpProtocol] = set()
-        self._counters: dict[tuple[int, int], Counter] = {}
         self._tasks = TaskOwner("dns")
         self._forwarded = 0
 
@@ -58,11 +105,15 @@ class DnsServer:
         """Whether this response (REFUSED: outside the zone) should go to the ``dns.forward`` upstreams instead."""
         return bool(self.config.forward) and response[3] & 0xF == wire.REFUSED
 
-    def spawn_forward(self, query: bytes, reply: Callable[[bytes], None]) -> None:
-        """Forward ``query`` in the background; ``reply`` gets the upstream's answer, or SERVFAIL."""
+    def spawn_forward(self, query: bytes, reply: Callable[[bytes], None], transport: str = "udp") -> None:
+        """Forward ``query`` in the background; ``reply`` gets the upstream's answer, or SERVFAIL.
+
+        A query that came over TCP is retried over TCP when the upstream truncates its UDP answer; over UDP the
+        truncated answer is relayed, and the client retries over TCP itself.
+        """
 
         async def run() -> None:
-            out = await forward(query, self.config.forward)
+            out = await forward(query, self.config.forward, tcp_on_truncation=transport == "tcp")
             reply(out if out is not None else wire.header_only(query, wire.SERVFAIL))
 
         self._forwarded += 1
@@ -71,12 +122,21 @@ class DnsServer:
     def update(self, state: ServingState) -> None:
         """Rebuild the answer table from ``state`` (called on every state swap)."""
         started = time.perf_counter()
-        self.table = build_table(state, self.rr_state, self.config)
+        self.table = build_table(state, self.rr_state, self.config, self.rr_seed)
         elapsed = time.perf_counter() - started
         BUILD_SECONDS.observe(elapsed)
+        self._count_conflicts(state)
         log.debug(
             "event=dns_table_built version=%s names=%d seconds=%.4f", state.version, len(self.table.names), elapsed
         )
+
+    def _count_conflicts(self, state: ServingState) -> None:
+        now = {str(k): len(svc.conflicts) for k, svc in state.catalog.services.items() if svc.conflicts}
+        for service in self._conflicted - now.keys():
+            CONFLICTS.labels(service).set(0)
+        for service, count in now.items():
+            CONFLICTS.labels(service).set(count)
+        self._conflicted = set(now)
 
     def handle(self, data: bytes, transport: str) -> bytes | None:
         """One query -> its response (None: drop); counts it. Never raises."""
@@ -85,17 +145,25 @@ class DnsServer:
             self.update(self.get_state())
             table = self.table
         assert table is not None
+        self._queries += 1
+        sampled = not self._queries & (ANSWER_SAMPLE - 1)
+        started = time.perf_counter() if sampled else 0.0
         try:
-            out, rcode, qtype = answer(table, data, transport)  # type: ignore[arg-type]
+            out, rcode, qtype, entry = answer(table, data, transport)  # type: ignore[arg-type]
         except Exception:  # a bug must cost one answer, not the listener
             log.exception("event=dns_answer_failed size=%d", len(data))
             out = wire.header_only(data, wire.SERVFAIL) if len(data) >= 12 else None
-            rcode, qtype = wire.SERVFAIL, 0
+            rcode, qtype, entry = wire.SERVFAIL, 0, None
+        if sampled:
+            ANSWER_SECONDS.observe(time.perf_counter() - started)
         if out is not None:
-            counter = self._counters.get((rcode, qtype))
+            cache = entry.counters if entry is not None else self._unlabelled
+            key = rcode << 16 | qtype
+            counter = cache.get(key)
             if counter is None:
-                counter = ANSWERS.labels(RCODES.get(rcode, str(rcode)), QTYPES.get(qtype, "other"))
-                self._counters[(rcode, qtype)] = counter
+                service, cluster = (entry.service, entry.cluster) if entry is not None else ("", "")
+                qname = QTYPES.get(qtype, "other")
+                counter = cache[key] = ANSWERS.labels(RCODES.get(rcode, str(rcode)), qname, service, cluster)
             counter.inc()
         return out
 
@@ -162,7 +230,7 @@ class DnsUdpProtocol(asyncio.DatagramProtocol):
         if out is None or self.transport is None:
             return
         if self.server.forwards(out):
-            self.server.spawn_forward(data, lambda reply: self._send(reply, addr))
+            self.server.spawn_forward(data, lambda reply: self._send(reply, addr), "udp")
         else:
             self.transport.sendto(out, addr)
 
@@ -212,7 +280,7 @@ class DnsTcpProtocol(asyncio.Protocol):
                 self.close()
                 return
             if self.server.forwards(response):
-                self.server.spawn_forward(query, self._send)  # answered when it comes (RFC 7766 allows it)
+                self.server.spawn_forward(query, self._send, "tcp")  # answered when it comes (RFC 7766 allows it)
                 continue
             out.append(len(response).to_bytes(2, "big") + response)
         if out and self.transport is not None:

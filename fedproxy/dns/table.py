@@ -45,6 +45,11 @@ class Entry:
     ns: int
     ar: int
     body: bytes
+    service: str = ""  # metric labels: "ns/name", "" for answers that belong to no service
+    cluster: str = ""  # the one cluster the answer names, "*" when several (or a ClusterSet/proxy IP), "" none
+    # Metric children by (rcode << 16 | qtype), filled by the I/O layer on first use: after that the hot path
+    # counts with one int-keyed dict lookup and an inc. Never part of the answer; not compared.
+    counters: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +77,7 @@ class AnswerTable:
     max_udp_payload: int = 1232
     rr_state: RoundRobinState = field(default_factory=dict)
     version: int = 0
+    rr_seed: int = 0  # where a new rotation starts (per replica, so replicas do not answer in lockstep)
 
 
 def name_key(name: dns.name.Name) -> bytes:
@@ -110,6 +116,7 @@ def encode(
     authority: Sequence[dns.rrset.RRset] = (),
     additional: Sequence[dns.rrset.RRset] = (),
     flags: int = wire.AA,
+    labels: tuple[str, str] = ("", ""),
 ) -> Entry:
     """Encode the sections with dnspython, compressed against the question ``name``, and split off the header."""
     msg = dns.message.Message(id=0)
@@ -120,7 +127,7 @@ def encode(
     data = msg.to_wire(want_shuffle=False)  # stable record order: the table is rebuilt often, answers stay put
     _, _, _, an, ns, ar = wire.HEADER.unpack_from(data)
     qlen = len(name_key(name)) + 4
-    return Entry(flags, an, ns, ar, data[12 + qlen :])
+    return Entry(flags, an, ns, ar, data[12 + qlen :], *labels)
 
 
 def negative_tail(soa: dns.rrset.RRset) -> bytes:
@@ -143,6 +150,7 @@ class TableBuilder:
         # RFC 2308 5: the SOA in a negative answer carries min(SOA TTL, SOA minimum) as its TTL.
         self.negative_soa = rrset(origin, negative_ttl, dns.rdatatype.SOA, [self.soa_rdata])
         self.rotation_keys: set[Key] = set()
+        self.service = ""  # the service whose names are being added (a metric label of their entries)
 
     def touch(self, name: dns.name.Name) -> None:
         """Make ``name`` exist (NODATA for every type without records) without adding records."""
@@ -154,19 +162,21 @@ class TableBuilder:
         rdtype: int,
         answer: Sequence[dns.rrset.RRset],
         additional: Sequence[dns.rrset.RRset] = (),
+        cluster: str = "*",
     ) -> None:
         """Answer ``rdtype`` at ``name`` with these records (first writer wins if two builders collide)."""
         key = (name_key(name), rdtype)
         self.names.add(key[0])
         if key in self.entries or not answer:
             return
-        self.entries[key] = encode(name, rdtype, answer, (), additional)
+        labels = (self.service, cluster if self.service else "")
+        self.entries[key] = encode(name, rdtype, answer, (), additional, labels=labels)
 
-    def addresses(self, name: dns.name.Name, addresses: Sequence[str]) -> None:
-        """A and AAAA records for ``name``."""
+    def addresses(self, name: dns.name.Name, addresses: Sequence[str], cluster: str = "*") -> None:
+        """A and AAAA records for ``name`` (``cluster``: the metric label, when one cluster answers)."""
         self.touch(name)
         for rs in address_rrsets(name, self.ttl, addresses):
-            self.add(name, rs.rdtype, [rs])
+            self.add(name, rs.rdtype, [rs], cluster=cluster)
 
     def rotate(self, name: dns.name.Name, rdtype: int, choices: Sequence[tuple[str, int, Sequence[str]]]) -> None:
         """``rdtype`` at ``name`` answered by one of ``choices`` (cluster, weight, addresses) per query."""
@@ -178,9 +188,9 @@ class TableBuilder:
         if key in self.entries:
             return
         entries = []
-        for _, _, addrs in choices:
+        for cluster, _, addrs in choices:
             rs = address_rrsets(name, self.ttl, family_addresses(addrs, rdtype))
-            entries.append(encode(name, rdtype, rs))
+            entries.append(encode(name, rdtype, rs, labels=(self.service, cluster)))
         if len(entries) == 1:
             self.entries[key] = entries[0]
             return
@@ -189,7 +199,7 @@ class TableBuilder:
             key, tuple(c[0] for c in choices), tuple(max(1, c[1]) for c in choices), tuple(entries)
         )
 
-    def finish(self, rr_state: RoundRobinState, max_udp_payload: int, version: int) -> AnswerTable:
+    def finish(self, rr_state: RoundRobinState, max_udp_payload: int, version: int, rr_seed: int = 0) -> AnswerTable:
         zone = name_key(self.origin)
         for key in list(self.names):
             name = dns.name.from_wire(key, 0)[0]
@@ -214,4 +224,5 @@ class TableBuilder:
             max_udp_payload=max(512, max_udp_payload),
             rr_state=rr_state,
             version=version,
+            rr_seed=rr_seed,
         )

@@ -257,6 +257,10 @@ def _merge(key: ServiceKey, sides: list[ClusterService]) -> CatalogService:
                     )
             else:
                 ports.setdefault(("", p.protocol, p.port), p)
+    for p in ports.values():  # a port only some members expose is served only from those: say so (MCS)
+        have = [s.cluster for s in serving if any(_same_port(p, q) for q in s.service.ports)]
+        if len(have) < len(serving):
+            conflicts.append(f"port {p.name or p.port}/{p.protocol}: only exposed by {', '.join(have)}")
     clusterset_ips: tuple[str, ...] = ()
     for side in serving:
         if side.service_import is not None and side.service_import.ips:
@@ -271,6 +275,11 @@ def _merge(key: ServiceKey, sides: list[ClusterService]) -> CatalogService:
         conflicts=tuple(conflicts),
         clusterset_ips=clusterset_ips,
     )
+
+
+def _same_port(a: ServicePort, b: ServicePort) -> bool:
+    """The MCS port identity: the name when named, else protocol and port."""
+    return a.name == b.name if a.name else (not b.name and (a.protocol, a.port) == (b.protocol, b.port))
 
 
 def build_catalog(snapshots: Iterable[ClusterSnapshot], config: Config, version: int = 0) -> Catalog:

@@ -5,7 +5,6 @@ Runs the real console script in a subprocess, as a user would, on free loopback 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -22,17 +21,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from tests.loopback import free_ports
 
 
 def _get(url: str, headers: dict[str, str] | None = None, timeout: float = 3.0) -> tuple[int, bytes]:
@@ -140,7 +129,3 @@ def test_demo_serves_every_listener_and_stops_on_sigint(demo: dict[str, object])
 
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 0
-
-
-async def _unused() -> None:  # keeps asyncio imported for type checkers of fixtures above
-    await asyncio.sleep(0)

@@ -19,24 +19,9 @@ import pytest
 
 from fedproxy.sim.demo import demo_config
 from fedproxy.sim.topology import Topology
-from tests.test_demo import free_ports
+from tests.loopback import free_ports, until
 
 EXE = str(Path(sys.executable).with_name("fedproxy"))
-
-
-async def _until(predicate, deadline: float = 15.0):  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    last: object = None
-    while loop.time() < end:
-        try:
-            last = await predicate()
-            if last:
-                return last
-        except (aiohttp.ClientError, OSError) as exc:
-            last = exc
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"condition not met: {last!r}")
 
 
 def test_run_rejects_a_bad_config_with_every_problem(tmp_path: Path) -> None:
@@ -66,7 +51,7 @@ async def test_sighup_reloads_and_sigterm_drains(tmp_path: Path) -> None:
                 async with s.get(f"http://127.0.0.1:{http}{path}") as r:
                     return json.loads(await r.text())["cluster"] if r.status == 200 else ""
 
-            assert await _until(cluster_of) == "east-1"
+            assert await until(cluster_of) == "east-1"
 
             # SIGHUP with a file that routes everything to west-1 only.
             cfg.write_text(original.replace("service: demo/nginx,", "service: demo/nginx, clusters: {west-1: 1},"))
@@ -75,7 +60,7 @@ async def test_sighup_reloads_and_sigterm_drains(tmp_path: Path) -> None:
             async def moved() -> bool:
                 return await cluster_of() == "west-1"
 
-            await _until(moved)
+            await until(moved)
 
             # A broken file on SIGHUP changes nothing: traffic keeps the last good config.
             cfg.write_text("http: {listeners: [{port: 70000}]}\n")

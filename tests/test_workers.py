@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fedproxy.sim.demo import demo_config
 from fedproxy.sim.topology import Topology
-from tests.test_demo import free_ports
+from tests.loopback import free_ports, until
 
 pytestmark = pytest.mark.slow
 
@@ -29,21 +29,6 @@ pytestmark = pytest.mark.slow
 def _children(pid: int) -> set[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return {int(x) for x in out.split()}
-
-
-async def _until(predicate, deadline: float = 15.0):  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    last: object = None
-    while loop.time() < end:
-        try:
-            last = await predicate()
-            if last:
-                return last
-        except (aiohttp.ClientError, OSError) as exc:
-            last = exc
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"condition not met: {last!r}")
 
 
 async def test_two_workers_share_listeners_and_survive_a_worker_crash(tmp_path: Path) -> None:
@@ -68,7 +53,7 @@ async def test_two_workers_share_listeners_and_survive_a_worker_crash(tmp_path: 
                 async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
                     return r.status == 200
 
-            await _until(ready)
+            await until(ready)
             workers = _children(proc.pid)
             assert len(workers) == 2
 
@@ -89,7 +74,7 @@ async def test_two_workers_share_listeners_and_survive_a_worker_crash(tmp_path: 
                 got = [await front() for _ in range(10)]
                 return all(a["cluster"] != "east-1" for a in got)
 
-            await _until(moved)
+            await until(moved)
 
             # /metrics sums the workers' request counters.
             async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
@@ -112,8 +97,8 @@ async def test_two_workers_share_listeners_and_survive_a_worker_crash(tmp_path: 
                 now = _children(proc.pid)
                 return len(now) == 2 and victim not in now
 
-            await _until(restarted)
-            await _until(ready)
+            await until(restarted)
+            await until(ready)
 
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 30) == 0

@@ -156,12 +156,12 @@ def addresses(msg: dns.message.Message) -> list[str]:
 
 @pytest.fixture
 async def start() -> AsyncIterator[Callable[..., Awaitable[Running]]]:
-    """``await start(state, dns_cfg?)`` -> Running; every server it started is closed after the test."""
+    """``await start(state, dns_cfg?, rr_seed=?)`` -> Running; every server it started is closed after the test."""
     servers: list[DnsServer] = []
 
-    async def run(state: ServingState, cfg: DnsConfig | None = None) -> Running:
+    async def run(state: ServingState, cfg: DnsConfig | None = None, rr_seed: int | None = None) -> Running:
         cfg = cfg or replace(state.config.dns, address="127.0.0.1", port=0)
-        server = DnsServer(cfg, lambda: state)
+        server = DnsServer(cfg, lambda: state, rr_seed=rr_seed)
         await server.start()
         servers.append(server)
         return Running(server, state)

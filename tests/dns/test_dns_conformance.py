@@ -50,6 +50,7 @@ ROWS = [
     ("cluster-prefixed name", f"west.web.{D}", "A", ("NXDOMAIN",), ("10.0.0.2",)),
     ("local preference (over 4 queries)", f"web.{D}", "A", ("10.0.0.1", "10.0.0.2"), ("10.0.0.1",)),
     ("SRV target", f"_http._tcp.web.{D}", "SRV", (f"web.{D}.",), (f"east.web.{D}.", f"west.web.{D}.")),
+    ("cluster-prefixed SRV", f"_http._tcp.west.web.{D}", "SRV", ("NXDOMAIN",), (f"west.web.{D}.",)),
     # Spec: the name only exists as the parent of the pod names (an empty non-terminal: NODATA, RFC 8020).
     ("headless cluster name", f"east.db.{D}", "A", ("NOERROR",), ("10.1.0.9",)),
     # Rows where both agree, so a regression in either mode shows up here too.

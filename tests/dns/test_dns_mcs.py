@@ -213,3 +213,16 @@ async def test_proxy_answer_with_advertise_address(start) -> None:
     run = await start(state, cfg)
     assert addresses(await run.udp(WEB)) == ["192.0.2.53"]
     assert addresses(await run.tcp("west." + WEB)) == ["10.0.0.2"]  # cluster names still answer the cluster
+
+
+async def test_type_conflict_oldest_export_wins(start) -> None:
+    west = member("west", "10.0.0.2", ("10.2.0.1",))
+    old = replace(west.serviceexports[("demo", "web")], created="2020-01-01T00:00:00Z")
+    west = west.with_objects("serviceexports", {("demo", "web"): old})  # the oldest export: ClusterSetIP
+    east = member("east", "", ("10.1.0.1",), headless=True)
+    state = make_state([east, west], dns_cfg=SPREAD)
+    run = await start(state, SPREAD)
+    assert {addresses(await run.udp(WEB))[0] for _ in range(4)} == {"10.0.0.2"}  # never east's pods
+    assert (await run.tcp("east." + WEB)).rcode() == dns.rcode.NXDOMAIN
+    assert any(c.startswith("type:") for c in state.catalog.services[ServiceKey("demo", "web")].conflicts)
+    assert sample("fedproxy_service_conflicts", service="demo/web") == 1

@@ -26,6 +26,7 @@ import socket
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import replace
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -118,6 +119,11 @@ class DnsServer:
 
         self._forwarded += 1
         self._tasks.spawn(f"forward-{self._forwarded}", run())
+
+    def reconfigure(self, config: DnsConfig, state: ServingState) -> None:
+        """Take a reloaded ``dns:`` section (answer settings, forwarders) and rebuild; the bind stays as started."""
+        self.config = replace(config, address=self.config.address, port=self.config.port)
+        self.update(state)
 
     def update(self, state: ServingState) -> None:
         """Rebuild the answer table from ``state`` (called on every state swap)."""

@@ -226,3 +226,11 @@ async def test_type_conflict_oldest_export_wins(start) -> None:
     assert (await run.tcp("east." + WEB)).rcode() == dns.rcode.NXDOMAIN
     assert any(c.startswith("type:") for c in state.catalog.services[ServiceKey("demo", "web")].conflicts)
     assert sample("fedproxy_service_conflicts", service="demo/web") == 1
+
+
+async def test_reconfigure_takes_new_answer_settings(start) -> None:
+    state = make_state(two(), local="east")
+    run = await start(state)
+    assert addresses(await run.udp("west." + WEB)) == ["10.0.0.2"]
+    run.server.reconfigure(DnsConfig(address="0.0.0.0", port=53, cluster_prefix=False), state)
+    assert (await run.udp("west." + WEB)).rcode() == dns.rcode.NXDOMAIN  # still on its port, strict now

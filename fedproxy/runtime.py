@@ -237,6 +237,9 @@ class Runtime:
                     await self.dns.start()
                     started.append(self.dns)
                     self.dns.update(self.state)
+                elif config.dns.enabled and self.dns is not None:
+                    # Same address and port (a move closed it first in reload): new policy, TTLs, forwarders.
+                    self.dns.reconfigure(config.dns, self.state)
             except BaseException:
                 for srv in started:
                     await srv.close()

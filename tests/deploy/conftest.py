@@ -50,7 +50,8 @@ def only(objs: list[Obj], kind: str, name: str | None = None) -> Obj:
     found = [
         o
         for o in objs
-        if o["kind"] == kind and (name is None or re.fullmatch(rf"{re.escape(name)}(-[a-z0-9]{{10}})?", o["metadata"]["name"]))
+        if o["kind"] == kind
+        and (name is None or re.fullmatch(rf"{re.escape(name)}(-[a-z0-9]{{10}})?", o["metadata"]["name"]))
     ]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {[o['metadata']['name'] for o in found]}"
     return found[0]

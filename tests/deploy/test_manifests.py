@@ -133,7 +133,9 @@ def test_deployment_is_hardened_and_drains_before_it_is_killed(render: Any, tree
     # preStop sleep (endpoints removed first) + fedproxy's drain must fit in the grace period.
     pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    drain = max([config.admin.drain_timeout] + [li.drain_timeout for li in config.http.listeners + config.tcp.listeners])
+    drain = max(
+        [config.admin.drain_timeout] + [li.drain_timeout for li in config.http.listeners + config.tcp.listeners]
+    )
     assert drain <= config.admin.drain_timeout, "listeners drain longer than the process waits for them"
     assert spec["terminationGracePeriodSeconds"] > float(pre_stop[1]) + config.admin.drain_timeout
 

@@ -110,6 +110,9 @@ class HttpRoute:
     timeouts: Timeouts = Timeouts()
     retries: RetryPolicy = RetryPolicy()
     hash: HashConfig | None = None  # sticky sessions; overrides balancing.hash for this route
+    # How requests reach the backends: HTTP/1.1, cleartext HTTP/2 with prior knowledge (gRPC services), or
+    # HTTP/2 over TLS ("h2": needs upstream TLS, see docs/http2.md). One multiplexed connection per endpoint.
+    upstream_protocol: Literal["http1", "h2c", "h2"] = "http1"
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,9 @@ class HttpListener:
     max_header_bytes: int = 65536  # larger request heads get 431
     request_head_timeout: float = 10.0  # s a client has to send a request head (slowloris bound)
     drain_timeout: float = 30.0  # s in-flight requests get on reload/shutdown
+    # Accept cleartext HTTP/2 with prior knowledge (RFC 9113 3.3): a connection opening with the HTTP/2
+    # preface is served as HTTP/2, any other as HTTP/1.1. Off by default: HTTP/1.1-only listeners stay as they were.
+    h2c: bool = False
 
 
 @dataclass(frozen=True)

@@ -377,6 +377,7 @@ def check_config(config: Config) -> list[str]:
     if config.dns.locality and config.dns.policy == "spread":
         problems.append('dns.locality: true conflicts with policy "spread"')
     problems += _check_admin(config.admin, names if static else None)
+    problems += _check_overrides_access(config)
     return problems
 
 
@@ -401,3 +402,18 @@ def _check_admin(admin: AdminConfig, clusters: dict[str, int] | None) -> list[st
             f"admin.overrides.cluster: unknown cluster {quote(ov.cluster)}{suggest(ov.cluster, list(clusters))}"
         )
     return problems
+
+
+def _check_overrides_access(config: Config) -> list[str]:
+    """The overrides ConfigMap is written with the member's own credentials, which a Karmada-discovered
+    member without kubeconfig/in_cluster does not have (its secretRef token is for reading)."""
+    ov = config.admin.overrides
+    if ov is None:
+        return []
+    member = config.cluster(ov.cluster)
+    if config.karmada is not None and (member is None or not (member.kubeconfig or member.in_cluster)):
+        return [
+            f"admin.overrides.cluster: {quote(ov.cluster)} needs kubeconfig or in_cluster: true in clusters[] "
+            "(fedproxy writes the overrides ConfigMap with that member's own credentials)"
+        ]
+    return []

@@ -412,3 +412,16 @@ def test_validate_raises_only_config_error(data: object) -> None:
         summarize(config)
         config_hash(config)
         mask_secrets(config)
+
+
+def test_overrides_on_a_karmada_member_needs_its_own_credentials() -> None:
+    text = (
+        "karmada: {kubeconfig: k}\n"
+        "clusters: [{name: east-1, local: true}]\n"
+        "admin: {overrides: {configmap: fedproxy/overrides, cluster: east-1}}\n"
+    )
+    assert problems(text) == [
+        'admin.overrides.cluster: "east-1" needs kubeconfig or in_cluster: true in clusters[] '
+        "(fedproxy writes the overrides ConfigMap with that member's own credentials)"
+    ]
+    parse_config(text.replace("local: true}", "local: true, in_cluster: true}"))

@@ -38,6 +38,10 @@ class Table:
     runs: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # subject -> column key -> values
     errors: dict[str, dict[str, str]] = field(default_factory=dict)  # subject -> column key -> reason
 
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
     def subject(self, name: str) -> None:
         self.runs.setdefault(name, {})
 

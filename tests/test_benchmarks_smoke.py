@@ -1,0 +1,75 @@
+"""Smoke test of the benchmark harness: a tiny in-process run of its own pieces, no external tools, no timing
+assertions (speed is what `python -m benchmarks` reports, not what tests check)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import scale, tcp
+from benchmarks.dns import latencies_ms, zone_text
+from benchmarks.http import parse_wrk
+from benchmarks.report import Table, write_json
+
+WRK_OUTPUT = """\
+Running 2s test @ http://127.0.0.1:1/
+  1 threads and 64 connections
+  Latency Distribution
+     50%  620.00us
+     75%    1.00ms
+     90%    1.20ms
+     99%    1.50ms
+  1000 requests in 2.00s, 1.85MB read
+  Socket errors: connect 0, read 2, write 0, timeout 0
+Requests/sec:    500.00
+"""
+
+
+class _Answer(asyncio.Protocol):
+    """Answers any bytes with a response and closes, as the nginx backend does for HTTP/1.0."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(b"HTTP/1.0 200 OK\r\n\r\nok\n")  # type: ignore[attr-defined]
+        self.transport.close()
+
+
+@pytest.mark.slow
+async def test_tiny_run_fills_tables_and_json(tmp_path: Path) -> None:
+    server = await asyncio.get_running_loop().create_server(_Answer, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        ok, failed = await tcp.connection_rate(port, 0.3, parallel=4)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert ok > 0 and failed == 0
+
+    table = Table("scale", "tiny", scale.columns())
+    scale._catalog_round(table, "catalog 2x5x3", 2, 5, 3, memory=True)
+    assert table.median("catalog 2x5x3", "rebuild_ms") is not None
+    assert table.median("catalog 2x5x3", "catalog_mib") > 0
+    table.fail("fedproxy idle TCP conns", "kib_per_conn", "not run")
+    assert "failed" in table.text() and "| catalog 2x5x3 |" in table.markdown()
+
+    rates = Table("tcp", "rates", tcp.columns(), reference="ref")
+    rates.add("ref", "conns", 100.0)
+    rates.add("me", "conns", ok / 0.3)
+    assert rates.ratio("ref", "conns") == 1.0
+
+    path = tmp_path / "out.json"
+    write_json(path, [table, rates], {"quick": True})
+    doc = json.loads(path.read_text())
+    assert doc["scenarios"]["scale"]["rows"][1]["errors"] == {"kib_per_conn": "not run"}
+
+    wrk = parse_wrk(WRK_OUTPUT)
+    assert wrk == {"rps": 500.0, "p50": 0.62, "p99": 1.5, "requests": 1000.0, "errors": 2.0}
+    assert latencies_ms("> NOERROR a.clusterset.local A 0.000250\n> T a A\n") == [0.25]
+    assert "name-0.bench.svc.clusterset.local. 5 A 127.1.1.1" in zone_text(
+        [("name-0.bench.svc.clusterset.local.", 5, "127.1.1.1")]
+    )

@@ -92,6 +92,39 @@ class HashConfig:
     name: str = ""  # header or cookie name when on is header/cookie
 
 
+# TLS (issue 13; docs/tls.md) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsCertificate:
+    """One certificate + key pair a TLS listener serves; the names it serves come from its SANs (and CN)."""
+
+    cert_file: str = ""  # PEM path: the leaf first, then intermediates
+    key_file: str = ""  # PEM path of the private key (unencrypted)
+    secret: ServiceKey | None = None  # a kubernetes.io/tls Secret "ns/name": not supported yet (a config error)
+    cluster: str = ""  # the member holding ``secret``
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS termination on an HTTP listener. The first certificate is the default (no SNI, or no name matches)."""
+
+    certificates: tuple[TlsCertificate, ...] = ()
+    min_version: Literal["TLS1.2", "TLS1.3"] = "TLS1.2"  # TLS 1.2 is Mozilla's "intermediate" floor
+    # ALPN offered, in preference order; only protocols the listener can serve are announced (h2 needs the
+    # HTTP/2 protocol module, see docs/tls.md).
+    alpn: tuple[str, ...] = ("h2", "http/1.1")
+
+
+@dataclass(frozen=True)
+class UpstreamTls:
+    """TLS from fedproxy to a route's backends."""
+
+    verify: bool = True  # check the backend's certificate chain and name
+    ca_file: str = ""  # PEM bundle to verify against; "" = the system store
+    sni: str = ""  # server name sent and verified; "" = the endpoint's address (IP SAN)
+
+
 @dataclass(frozen=True)
 class HttpRoute:
     service: ServiceKey
@@ -113,6 +146,7 @@ class HttpRoute:
     # How requests reach the backends: HTTP/1.1, cleartext HTTP/2 with prior knowledge (gRPC services), or
     # HTTP/2 over TLS ("h2": needs upstream TLS, see docs/http2.md). One multiplexed connection per endpoint.
     upstream_protocol: Literal["http1", "h2c", "h2"] = "http1"
+    upstream_tls: UpstreamTls | None = None  # None: plain TCP to the backends (docs/tls.md)
 
 
 @dataclass(frozen=True)
@@ -127,6 +161,7 @@ class HttpListener:
     # Accept cleartext HTTP/2 with prior knowledge (RFC 9113 3.3): a connection opening with the HTTP/2
     # preface is served as HTTP/2, any other as HTTP/1.1. Off by default: HTTP/1.1-only listeners stay as they were.
     h2c: bool = False
+    tls: TlsConfig | None = None  # terminate TLS on this listener (docs/tls.md); None = cleartext
 
 
 @dataclass(frozen=True)
@@ -151,6 +186,9 @@ class TcpListener:
     proxy_protocol: Literal["", "v1", "v2"] = ""
     hash_source_ip: bool = False
     drain_timeout: float = 30.0  # s open connections get on reload/shutdown
+    # TLS passthrough: route by the ClientHello's server name without terminating (docs/tls.md). Keys are exact
+    # names or "*.example.com"; "*" (or "") is the default; without one, unmatched names go to ``service``.
+    sni_routes: Mapping[str, ServiceKey] = field(default_factory=empty_map)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ from .config import (
     RetryPolicy,
     TcpListener,
     Timeouts,
+    TlsConfig,
+    UpstreamTls,
 )
 from .labels import parse_selector
 
@@ -226,6 +228,25 @@ def node_address_type(v: str) -> str | None:
     return None if v in NODE_ADDRESS_TYPES else f"must be one of {', '.join(map(quote, NODE_ADDRESS_TYPES))}"
 
 
+def sni_names(v: Mapping[str, object]) -> str | None:
+    """TLS passthrough keys: a hostname, "*.suffix", or "*" / "" for the default."""
+    for name in v:
+        if name not in ("*", "") and (message := host_pattern(name)):
+            return message
+    return None
+
+
+def alpn_list(v: tuple[str, ...]) -> str | None:
+    for p in v:
+        if not 0 < len(p.encode()) <= 255:
+            return f'{quote(p)} is not an ALPN protocol id (1..255 bytes, e.g. "h2", "http/1.1")'
+    return None
+
+
+def sni_name(v: str) -> str | None:
+    return None if v == "" or not host_pattern(v) or not ip_address(v) else f"{quote(v)} is not a hostname"
+
+
 FIELD_CHECKS: dict[tuple[type, str], Check] = {
     (ClusterConfig, "name"): dns_label,
     (ClusterConfig, "weight"): at_least(0),
@@ -269,6 +290,9 @@ FIELD_CHECKS: dict[tuple[type, str], Check] = {
     (TcpListener, "idle_timeout"): positive,
     (TcpListener, "max_connections"): at_least(0),
     (TcpListener, "drain_timeout"): at_least(0),
+    (TcpListener, "sni_routes"): sni_names,
+    (TlsConfig, "alpn"): alpn_list,
+    (UpstreamTls, "sni"): sni_name,
     (DnsConfig, "address"): bind_address,
     (DnsConfig, "port"): bind_port,
     (DnsConfig, "ttl"): at_least(0),
@@ -371,6 +395,8 @@ def check_config(config: Config) -> list[str]:
             problems += _check_hash(route.hash, f"{p}.hash")
     problems += _check_hash(config.balancing.hash, "balancing.hash")
 
+    problems += _check_tls(config, names if static else None)
+
     export = config.clusterset.export
     if export.mode == "label" and not export.selector.strip():
         problems.append('clusterset.export.selector: required when mode is "label" (e.g. "app=flask")')
@@ -417,3 +443,22 @@ def _check_overrides_access(config: Config) -> list[str]:
             "(fedproxy writes the overrides ConfigMap with that member's own credentials)"
         ]
     return []
+
+
+def _check_tls(config: Config, clusters: dict[str, int] | None) -> list[str]:
+    """Shape of the TLS settings (files are read by fedproxy.tls.certs.check_tls at load time)."""
+    problems = []
+    for i, lst in enumerate(config.http.listeners):
+        if lst.tls is None:
+            continue
+        for j, cert in enumerate(lst.tls.certificates):
+            p = f"http.listeners[{i}].tls.certificates[{j}]"
+            if cert.secret is not None and (cert.cert_file or cert.key_file):
+                problems.append(f"{p}: set either secret or cert_file + key_file, not both")
+            elif cert.secret is None and not (cert.cert_file and cert.key_file):
+                problems.append(f"{p}: cert_file and key_file are both required")
+            if cert.cluster and clusters is not None and cert.cluster not in clusters:
+                problems.append(
+                    f"{p}.cluster: unknown cluster {quote(cert.cluster)}{suggest(cert.cluster, list(clusters))}"
+                )
+    return problems

@@ -11,8 +11,10 @@ cross-field checks can go on. All problems are raised together as one :class:`Co
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -28,6 +30,9 @@ from .config import Config, ExportConfig, HashConfig
 from .configcheck import FIELD_CHECKS, check_config, quote, suggest
 from .errors import ConfigError
 from .model import ServiceKey
+from .tls.certs import check_tls
+
+log = logging.getLogger("fedproxy.config")
 
 MAX_NODES = 100_000  # YAML nodes after alias expansion; a real config has a few hundred
 _BAD = object()  # a value that failed conversion (its problem is already recorded)
@@ -126,6 +131,12 @@ def validate(data: object, source: str = "") -> Config:
         raise ConfigError([f"(top level): must be a mapping of sections, got {quote(data)}"])
     config = walker.dataclass(data or {}, Config, "")
     problems = walker.problems + check_config(config)
+    if not problems and _uses_tls(config):
+        # Certificate files are read only once the shape is right (paths known, no secret+file mix).
+        tls_errors, tls_warnings = check_tls(config, dt.datetime.now(dt.UTC))
+        problems += tls_errors
+        for warning in tls_warnings:
+            log.warning("event=config_warning problem=%r", warning)
     token = config.admin.token
     if config.admin.token_file and not config.admin.token:
         token = _read_token(config.admin.token_file, problems)
@@ -135,6 +146,17 @@ def validate(data: object, source: str = "") -> Config:
     if dns.locality and dns.policy == "local_first":
         dns = dataclasses.replace(dns, policy="locality")
     return dataclasses.replace(config, source=source, dns=dns, admin=dataclasses.replace(config.admin, token=token))
+
+
+def _uses_tls(config: Config) -> bool:
+    return any(x.tls is not None or any(r.upstream_tls for r in x.routes) for x in config.http.listeners)
+
+
+def config_warnings(config: Config, now: dt.datetime | None = None) -> list[str]:
+    """Problems that do not refuse the config but need a human (a certificate expiring within 14 days)."""
+    if not _uses_tls(config):
+        return []
+    return check_tls(config, now or dt.datetime.now(dt.UTC))[1]
 
 
 def _read_token(path: str, problems: list[str]) -> str:
@@ -435,6 +457,8 @@ def check_config_main(path: str) -> int:
         for problem in e.problems:
             print(f"{path}: {problem}", file=sys.stderr)
         return 1
+    for warning in config_warnings(config):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     print(f"{path}: OK (config {config_hash(config)})")
     print(summarize(config))
     return 0

@@ -8,7 +8,7 @@ it started with.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..catalog import Catalog
 from ..config import Config, HashConfig, HttpRoute, TcpListener
@@ -46,6 +46,7 @@ def tcp_spec(listener: TcpListener, config: Config) -> PoolSpec:
 def pool_specs(config: Config) -> list[PoolSpec]:
     specs = [route_spec(r, config) for lst in config.http.listeners for r in lst.routes]
     specs += [tcp_spec(lst, config) for lst in config.tcp.listeners]
+    specs += [tcp_spec(replace(x, service=svc), config) for x in config.tcp.listeners for svc in x.sni_routes.values()]
     return list(dict.fromkeys(specs))
 
 

@@ -19,11 +19,15 @@ from ..aio import TaskOwner
 from ..balancing import ServingState
 from ..config import Config, HttpListener
 from ..model import Endpoint
+from ..tls.certs import CertError, current_stamp
+from ..tls.context import ServerTls
 from . import http_forward
 from .http_protocol import HttpProxyProtocol
 from .http_request import Request
 from .router import Router, build_router
 from .upstream import UpstreamPool
+
+TLS_POLL = 2.0  # s between checks of certificate files' mtimes (a stat per file; renewals are rare)
 
 log = logging.getLogger("fedproxy.proxy.http")
 
@@ -31,6 +35,10 @@ log = logging.getLogger("fedproxy.proxy.http")
 class HttpProxyServer:
     """One HTTP listener. Collaborators: ``get_state`` (the current ServingState) and ``report`` (the
     outcome of each upstream attempt, for passive health)."""
+
+    # Application protocols a TLS connection may negotiate by ALPN here. The HTTP/2 protocol adds "h2" once it
+    # takes connections whose ``negotiated_protocol(transport)`` (fedproxy.tls.context) is "h2".
+    ALPN_SUPPORTED: tuple[str, ...] = ("http/1.1",)
 
     def __init__(
         self,
@@ -59,10 +67,16 @@ class HttpProxyServer:
         self._requests = 0
         self._by_class: dict[str, int] = {}
         self._local: dict[int, int] = {}
+        self.tls: ServerTls | None = None
 
     async def start(self) -> None:
         """Bind and listen; ``port`` is the bound port afterwards (useful when 0 was asked)."""
         loop = asyncio.get_running_loop()
+        if self.listener.tls is not None:
+            try:
+                self.tls = ServerTls(self.listener.tls, self.ALPN_SUPPORTED)
+            except CertError as exc:  # checked at config load; files changed since: fail like a bind error
+                raise OSError(f"listener {self.name}: {exc}") from None
         self._server = await loop.create_server(
             lambda: HttpProxyProtocol(self, loop),
             self.listener.address,
@@ -71,8 +85,12 @@ class HttpProxyServer:
             reuse_port=self.reuse_port or None,
             backlog=1024,
             family=socket.AF_INET6 if ":" in self.listener.address else socket.AF_INET,
+            ssl=self.tls.context if self.tls is not None else None,
+            ssl_handshake_timeout=self.listener.request_head_timeout if self.tls is not None else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.tls is not None:
+            self.tasks.spawn("tls-files", self._watch_tls_files())
         log.info("event=http_listening listener=%s address=%s port=%d", self.name, self.listener.address, self.port)
 
     def update(self, listener: HttpListener, config: Config) -> None:
@@ -82,6 +100,33 @@ class HttpProxyServer:
         self.config = config
         self.access_log = config.http.access_log
         self.upstream_idle = max((r.timeouts.idle for r in listener.routes), default=60.0)
+        if self.tls is not None and listener.tls is not None:
+            self._reload_tls("config_reload")
+        elif (self.tls is None) != (listener.tls is None):
+            log.warning("event=tls_toggle_ignored listener=%s reason=needs_new_listener", self.name)
+
+    # TLS certificates: re-read on reload and when the files change (new handshakes only).
+
+    def _reload_tls(self, why: str) -> bool:
+        assert self.tls is not None and self.listener.tls is not None
+        try:
+            self.tls.update(self.listener.tls)
+        except (CertError, OSError) as exc:  # ssl.SSLError is an OSError; keep serving the previous certificates
+            log.warning("event=tls_reload_failed listener=%s why=%s error=%r", self.name, why, str(exc))
+            return False
+        log.info("event=tls_reloaded listener=%s why=%s certificates=%d", self.name, why, len(self.tls.store.certs))
+        return True
+
+    async def _watch_tls_files(self) -> None:
+        failed: object = None  # the stamp that last failed to load: retried only once the files change again
+        while True:
+            await asyncio.sleep(TLS_POLL)
+            tls, spec = self.tls, self.listener.tls
+            if tls is None or spec is None:
+                continue
+            stamp = current_stamp(spec)
+            if stamp != tls.store.stamp and stamp != failed:
+                failed = None if self._reload_tls("files_changed") else stamp
 
     # Connection registry (uvicorn's ServerState).
 

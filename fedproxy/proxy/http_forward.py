@@ -204,7 +204,9 @@ async def _attempt(
     pool.started(ep)
     try:
         try:
-            up, _reused = await server.upstreams.acquire(ep, _bounded(timeouts.connect, deadline, loop))
+            up, _reused = await server.upstreams.acquire(
+                ep, _bounded(timeouts.connect, deadline, loop), route.config.upstream_tls
+            )
         except ConnectionRefusedError:
             server.report(ep, False)
             return "refused", 0, False

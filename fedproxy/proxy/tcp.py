@@ -20,11 +20,16 @@ Limits: one idle timer per connection, re-armed lazily from a last-activity time
 read); ``max_connections`` either closes the excess at once ("close") or holds it accepted, paused and without
 an upstream until a slot frees ("backlog": asyncio cannot pause ``accept()`` itself, so waiting connections
 sit in a FIFO; the kernel's listen backlog queues the ones after them).
+
+TLS passthrough (``sni_routes``, docs/tls.md): the client is read (not paused) until its ClientHello is whole;
+the bytes are kept in ``early`` and written to the upstream first, so the backend terminates TLS itself. The
+server name picks the pool (exact, ``*.suffix``, default); a malformed hello gets a TLS alert and is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -35,9 +40,11 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from ..aio import TaskOwner
-from ..balancing import Pool, ServingState, tcp_spec
+from ..balancing import Pool, PoolSpec, ServingState, tcp_spec
 from ..config import Config, TcpListener
 from ..model import Endpoint
+from ..tls.clienthello import ClientHello, HelloError, Incomplete, parse_client_hello
+from ..tls.names import NameTable
 from . import proxy_protocol
 from .flow import FlowControl
 
@@ -54,6 +61,9 @@ except ImportError:  # pragma: no cover - depends on the balancing package's ver
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 CONNECT = "connect"  # FlowControl reason: the client is not read until an upstream answers
+HELLO_TIMEOUT = 10.0  # s a passthrough client has to send its ClientHello (like request_head_timeout)
+# TLS alert record: fatal (2), decode_error (50), sent to a client whose ClientHello we could not parse.
+DECODE_ERROR_ALERT = bytes((21, 3, 3, 0, 2, 2, 50))
 
 CONNECTIONS = Counter(
     "fedproxy_tcp_connections",
@@ -100,7 +110,7 @@ def _close(transport: asyncio.Transport | None, how: str = "close") -> None:
 class _Settings:
     """What one connection needs from the listener, computed once per ``update()`` (not per connection)."""
 
-    __slots__ = ("listener", "name", "service", "spec", "proxy_protocol", "idle", "server")
+    __slots__ = ("listener", "name", "service", "spec", "proxy_protocol", "idle", "server", "sni")
 
     def __init__(self, listener: TcpListener, config: Config, server: TcpProxyServer) -> None:
         self.listener = listener
@@ -110,6 +120,14 @@ class _Settings:
         self.proxy_protocol = listener.proxy_protocol
         self.idle = listener.idle_timeout
         self.server = server
+        self.sni: NameTable[PoolSpec] | None = None  # passthrough: server name -> pool
+        if listener.sni_routes:
+            self.sni = NameTable(
+                (name, tcp_spec(dataclasses.replace(listener, service=svc), config))
+                for name, svc in listener.sni_routes.items()
+            )
+            if self.sni.default is None:
+                self.sni.default = self.spec
 
 
 class _Upstream(asyncio.Protocol):
@@ -170,6 +188,7 @@ class _Client(asyncio.Protocol):
         "done",
         "admitted",
         "early",
+        "hello",
     )
 
     def __init__(self, settings: _Settings) -> None:
@@ -193,13 +212,17 @@ class _Client(asyncio.Protocol):
         # Bytes that arrive before the upstream is connected: uvloop may deliver data read together with
         # the accept even though reading is paused in connection_made. Bounded by one read.
         self.early: bytes = b""
+        self.hello: asyncio.Future[ClientHello | HelloError] | None = None  # passthrough listeners only
 
     # Protocol interface
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.up_flow.set_source(self.transport)
-        self.up_flow.pause_reading(CONNECT)
+        if self.s.sni is not None:
+            self.hello = asyncio.get_running_loop().create_future()  # keep reading until the hello is whole
+        else:
+            self.up_flow.pause_reading(CONNECT)
         self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[union-attr]
         self.s.server.accepted(self)
 
@@ -208,12 +231,20 @@ class _Client(asyncio.Protocol):
         self.last = time.monotonic()
         if self.upstream is None:
             self.early += data
+            hello = self.hello
+            if hello is not None and not hello.done():
+                found = parse_client_hello(self.early)
+                if isinstance(found, Incomplete):
+                    return
+                hello.set_result(found)
             self.up_flow.pause_reading(CONNECT)
             return
         self.upstream.transport.write(data)  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         self.client_eof = True
+        if self.hello is not None and not self.hello.done():
+            self.hello.set_result(HelloError("eof"))
         if self.upstream is None and not self.done:
             return True  # half-close before the upstream exists: forwarded once it is connected
         up = self.upstream.transport if self.upstream is not None else None
@@ -436,7 +467,13 @@ class TcpProxyServer:
         """Try endpoints until one answers or ``connect_attempts`` are spent; close the client when none does."""
         s = conn.s
         lst = s.listener
-        pool = conn.pool = self._get_state().pool(s.spec)
+        spec = s.spec
+        if conn.hello is not None and s.sni is not None:
+            found = await self._client_hello(conn)
+            if found is None:
+                return
+            spec = s.sni.lookup(found.server_name) or spec
+        pool = conn.pool = self._get_state().pool(spec)
         key = source_hash(conn.peer[0]) if lst.hash_source_ip and conn.peer else None
         loop = asyncio.get_running_loop()
         tried: list[Endpoint] = []
@@ -493,6 +530,26 @@ class TcpProxyServer:
                 last_error.replace(" ", "_"),
             )
             conn.finish("connect_failed")
+
+    async def _client_hello(self, conn: _Client) -> ClientHello | None:
+        """Wait for the passthrough client's ClientHello; None (the client is closed) when it is bad or late."""
+        assert conn.hello is not None
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                found = await conn.hello
+        except TimeoutError:
+            found = HelloError("timeout")
+        if isinstance(found, ClientHello):
+            return found
+        self.counts["bad_client_hello"] = self.counts.get("bad_client_hello", 0) + 1
+        log.info(
+            "event=tcp_bad_client_hello listener=%s reason=%s bytes=%d", conn.s.name, found.reason, len(conn.early)
+        )
+        t = conn.transport
+        if found.reason not in ("eof", "timeout", "not_tls") and t is not None and not t.is_closing():
+            t.write(DECODE_ERROR_ALERT)  # RFC 8446 6.2: tell a TLS client why, then close
+        conn.finish("bad_client_hello")
+        return None
 
     # Lifecycle
 

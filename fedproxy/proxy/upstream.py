@@ -6,6 +6,9 @@ After a 101 it becomes a byte splice. Back-pressure: while this connection's wri
 client's ``FlowControl`` (``attach_flow``) stops reading the client; the client side pauses this transport
 the other way.
 ``UpstreamPool`` keeps up to ``max_idle`` idle connections per endpoint, each closed after the idle timeout.
+With a route's ``upstream_tls`` the connection is TLS: one client context per distinct ``UpstreamTls`` value,
+idle connections keyed by (endpoint, settings), and the TLS session of a finished exchange offered again on
+the next connection to the same server name (fedproxy.tls.context.ResumingContext; docs/tls.md).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Protocol
 
 import httptools
 
+from ..config import UpstreamTls
 from ..model import Endpoint
+from ..tls.context import ResumingContext, upstream_context, upstream_server_name
 from .flow import FlowControl
 
 log = logging.getLogger("fedproxy.proxy.upstream")
@@ -47,10 +52,11 @@ class Sink(Protocol):
 
 
 class UpstreamProtocol(asyncio.Protocol):
-    def __init__(self, pool: UpstreamPool, ep: Endpoint) -> None:
+    def __init__(self, pool: UpstreamPool, ep: Endpoint, tls: UpstreamTls | None = None) -> None:
         # Per connection.
         self.pool = pool
         self.ep = ep
+        self.tls = tls
         self.transport: asyncio.Transport | None = None
         self.write_paused = False
         self.client_flow: FlowControl | None = None  # pauses the client's reading while we cannot write
@@ -230,29 +236,55 @@ class UpstreamPool:
 
     def __init__(self, max_idle: int = MAX_IDLE_PER_ENDPOINT) -> None:
         self.max_idle = max_idle
-        self._idle: dict[Endpoint, list[UpstreamProtocol]] = {}
+        self._idle: dict[tuple[Endpoint, UpstreamTls | None], list[UpstreamProtocol]] = {}
+        self._contexts: dict[UpstreamTls, ResumingContext] = {}
         self.connects = 0
         self.reuses = 0
 
-    async def acquire(self, ep: Endpoint, connect_timeout: float) -> tuple[UpstreamProtocol, bool]:
-        """A connection to ``ep`` and whether it was reused; raises OSError/TimeoutError on connect failure."""
-        idle = self._idle.get(ep)
+    async def acquire(
+        self, ep: Endpoint, connect_timeout: float, tls: UpstreamTls | None = None
+    ) -> tuple[UpstreamProtocol, bool]:
+        """A connection to ``ep`` (TLS with ``tls``) and whether it was reused; raises OSError/TimeoutError on
+        connect failure (a failed TLS handshake or certificate check is an ``ssl.SSLError``, an OSError)."""
+        idle = self._idle.get((ep, tls))
         while idle:
             up = idle.pop()
             if not up.closed and up.transport is not None and not up.transport.is_closing():
                 self.reuses += 1
                 return up, True
         loop = asyncio.get_running_loop()
-        factory: Callable[[], UpstreamProtocol] = lambda: UpstreamProtocol(self, ep)  # noqa: E731
+        factory: Callable[[], UpstreamProtocol] = lambda: UpstreamProtocol(self, ep, tls)  # noqa: E731
         async with asyncio.timeout(connect_timeout if connect_timeout > 0 else None):
-            _transport, up = await loop.create_connection(factory, ep.address, ep.port)
+            if tls is None:
+                _transport, up = await loop.create_connection(factory, ep.address, ep.port)
+            else:
+                _transport, up = await loop.create_connection(
+                    factory,
+                    ep.address,
+                    ep.port,
+                    ssl=self.tls_context(tls),
+                    server_hostname=upstream_server_name(tls, ep.address),
+                    ssl_handshake_timeout=connect_timeout if connect_timeout > 0 else None,
+                )
         self.connects += 1
         return up, False
+
+    def tls_context(self, tls: UpstreamTls) -> ResumingContext:
+        """The client context for ``tls`` settings, made once per pool (its sessions live as long as it)."""
+        ctx = self._contexts.get(tls)
+        if ctx is None:
+            ctx = self._contexts[tls] = upstream_context(tls)
+        return ctx
 
     def release(self, up: UpstreamProtocol, idle_timeout: float) -> None:
         """Keep ``up`` for the next request to its endpoint, or close it if it cannot be reused."""
         up.detach()
-        idle = self._idle.setdefault(up.ep, [])
+        if up.tls is not None and up.transport is not None:
+            # After a response the TLS 1.3 session ticket has arrived: remember it for the next handshake.
+            sslobj = up.transport.get_extra_info("ssl_object")
+            if sslobj is not None:
+                self.tls_context(up.tls).remember(upstream_server_name(up.tls, up.ep.address), sslobj.session)
+        idle = self._idle.setdefault((up.ep, up.tls), [])
         if not up.reusable or len(idle) >= self.max_idle or idle_timeout <= 0:
             up.close()
             return
@@ -260,11 +292,11 @@ class UpstreamPool:
         up.idle_handle = asyncio.get_running_loop().call_later(idle_timeout, up.close)
 
     def forget(self, up: UpstreamProtocol) -> None:
-        idle = self._idle.get(up.ep)
+        idle = self._idle.get((up.ep, up.tls))
         if idle and up in idle:
             idle.remove(up)
             if not idle:
-                del self._idle[up.ep]
+                del self._idle[(up.ep, up.tls)]
 
     def idle_count(self) -> int:
         return sum(len(v) for v in self._idle.values())

@@ -21,7 +21,8 @@ from ..config import Config, HttpListener
 from ..model import Endpoint
 from ..tls.certs import CertError, current_stamp
 from ..tls.context import ServerTls
-from . import http_forward
+from . import h2_protocol, http_forward
+from .h2_upstream import H2UpstreamPool
 from .http_protocol import HttpProxyProtocol
 from .http_request import Request
 from .router import Router, build_router
@@ -38,7 +39,7 @@ class HttpProxyServer:
 
     # Application protocols a TLS connection may negotiate by ALPN here. The HTTP/2 protocol adds "h2" once it
     # takes connections whose ``negotiated_protocol(transport)`` (fedproxy.tls.context) is "h2".
-    ALPN_SUPPORTED: tuple[str, ...] = ("http/1.1",)
+    ALPN_SUPPORTED: tuple[str, ...] = ("h2", "http/1.1")  # HTTP/2 hook: h2_protocol takes "h2" connections
 
     def __init__(
         self,
@@ -58,6 +59,7 @@ class HttpProxyServer:
         self.router: Router = build_router(listener, config)
         self.access_log = config.http.access_log
         self.upstreams = UpstreamPool()
+        self.h2_upstreams = H2UpstreamPool()  # HTTP/2 hook: routes with upstream_protocol h2c/h2
         self.upstream_idle = max((r.timeouts.idle for r in listener.routes), default=60.0)
         self.port = listener.port
         self.connections: set[HttpProxyProtocol] = set()
@@ -78,7 +80,7 @@ class HttpProxyServer:
             except CertError as exc:  # checked at config load; files changed since: fail like a bind error
                 raise OSError(f"listener {self.name}: {exc}") from None
         self._server = await loop.create_server(
-            lambda: HttpProxyProtocol(self, loop),
+            lambda: self.make_protocol(loop),
             self.listener.address,
             self.listener.port,
             reuse_address=True,
@@ -92,6 +94,12 @@ class HttpProxyServer:
         if self.tls is not None:
             self.tasks.spawn("tls-files", self._watch_tls_files())
         log.info("event=http_listening listener=%s address=%s port=%d", self.name, self.listener.address, self.port)
+
+    def make_protocol(self, loop: asyncio.AbstractEventLoop) -> asyncio.Protocol:
+        """HTTP/2 hook: with h2c (or TLS ALPN, see h2_protocol.choose_protocol) a selector picks per connection."""
+        if self.listener.h2c or self.tls is not None:
+            return h2_protocol.ProtocolSelector(self, loop)
+        return HttpProxyProtocol(self, loop)
 
     def update(self, listener: HttpListener, config: Config) -> None:
         """Swap routes and settings atomically (synchronous: no request sees half of it)."""
@@ -186,6 +194,7 @@ class HttpProxyServer:
                 conn.transport.abort()
         await self.tasks.close()
         self.upstreams.close()
+        self.h2_upstreams.close()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None

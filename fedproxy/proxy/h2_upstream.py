@@ -1,0 +1,188 @@
+"""Upstream HTTP/2 (h2c, or h2 over TLS with ALPN): one multiplexed connection per endpoint.
+
+``H2UpstreamPool.acquire(ep, ...)`` returns the endpoint's open connection while it can take one more stream
+(the peer's SETTINGS_MAX_CONCURRENT_STREAMS, no GOAWAY seen), or connects a new one; concurrent callers
+share one connect. A connection with no stream for ``idle_timeout`` seconds closes.
+``H2Call`` is one request on it, seen by the forwarding side (h2_forward.py) through the same small
+interface as the HTTP/1.1 translation (h2_to_h1.py): ``get()`` response events, ``ack(n)`` once passed on,
+``send_data``/``send_trailers`` for the request body, ``finish(ok)``.
+A GOAWAY ends the streams above its last stream id as REFUSED_STREAM, which the forwarder retries: the
+peer did not process them (RFC 9113 6.8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import h2.errors
+import h2.events
+
+from ..config import UpstreamTls
+from ..model import Endpoint
+from ..tls.context import ResumingContext, upstream_context, upstream_server_name
+from .h2_stream import Event, H2Peer, H2Stream, Headers, StreamGone
+
+log = logging.getLogger("fedproxy.proxy.h2")
+
+
+class H2UpstreamConnection(H2Peer):
+    """Client side of one HTTP/2 connection to an endpoint."""
+
+    def __init__(self, pool: H2UpstreamPool, ep: Endpoint, tls: UpstreamTls | None, idle_timeout: float) -> None:
+        super().__init__(client_side=True)
+        self.pool = pool
+        self.ep = ep
+        self.tls = tls
+        self.idle_timeout = idle_timeout
+        self.idle_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def available(self) -> bool:
+        """Open, no GOAWAY, and below the peer's concurrent stream limit."""
+        if self.terminated or self.transport is None or self.transport.is_closing():
+            return False
+        return self.h2.open_outbound_streams < self.h2.remote_settings.max_concurrent_streams
+
+    def open_stream(self, headers: Headers, end_stream: bool) -> H2Stream:
+        """Start a request; raises StreamGone if the connection can no longer take one."""
+        if not self.available:
+            raise StreamGone("connection not available")
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+            self.idle_handle = None
+        stream = self.new_stream(self.h2.get_next_available_stream_id())
+        self.send_headers(stream, headers, end_stream)
+        return stream
+
+    # Protocol interface
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.start()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+            self.idle_handle = None
+        self.pool.forget(self)
+
+    def handle_head(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.ResponseReceived):
+            stream = self.streams.get(event.stream_id)  # type: ignore[arg-type]
+            if stream is not None:
+                ended = event.stream_ended is not None
+                stream.ended = stream.ended or ended
+                stream.push(("headers", list(event.headers), ended))  # type: ignore[arg-type]
+        # 1xx (InformationalResponseReceived) are dropped: h2 clients do not need the backend's 100 Continue.
+
+    def stream_done(self, stream: H2Stream) -> None:
+        if self.streams:
+            return
+        if self.terminated:
+            self.close()
+        elif self.idle_timeout > 0 and self.idle_handle is None and not self.lost:
+            self.idle_handle = asyncio.get_running_loop().call_later(self.idle_timeout, self.close)
+
+
+class H2UpstreamPool:
+    """The multiplexed connection per (endpoint, TLS settings); counts connects and stream reuses for stats."""
+
+    def __init__(self) -> None:
+        self._conns: dict[tuple[Endpoint, UpstreamTls | None], H2UpstreamConnection] = {}
+        self._connecting: dict[tuple[Endpoint, UpstreamTls | None], asyncio.Future[H2UpstreamConnection]] = {}
+        self._contexts: dict[UpstreamTls, ResumingContext] = {}
+        self.connects = 0
+        self.reuses = 0
+
+    async def acquire(
+        self, ep: Endpoint, connect_timeout: float, idle_timeout: float, tls: UpstreamTls | None = None
+    ) -> H2UpstreamConnection:
+        """A connection to ``ep`` (h2 over TLS with ``tls``, offering ALPN "h2"; else h2c prior knowledge) able
+        to take a stream; raises OSError/TimeoutError when it cannot connect (ssl.SSLError is an OSError)."""
+        key = (ep, tls)
+        conn = self._conns.get(key)
+        if conn is not None and conn.available:
+            self.reuses += 1
+            return conn
+        timeout = connect_timeout if connect_timeout > 0 else None
+        pending = self._connecting.get(key)
+        if pending is not None:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(pending)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[H2UpstreamConnection] = loop.create_future()
+        self._connecting[key] = fut
+        factory: Callable[[], H2UpstreamConnection] = lambda: H2UpstreamConnection(self, ep, tls, idle_timeout)  # noqa: E731
+        try:
+            async with asyncio.timeout(timeout):
+                if tls is None:
+                    _transport, conn = await loop.create_connection(factory, ep.address, ep.port)
+                else:
+                    ctx = self._contexts.get(tls)
+                    if ctx is None:
+                        ctx = self._contexts[tls] = upstream_context(tls, ("h2",))
+                    _transport, conn = await loop.create_connection(
+                        factory, ep.address, ep.port, ssl=ctx, server_hostname=upstream_server_name(tls, ep.address)
+                    )
+                    if _transport.get_extra_info("ssl_object").selected_alpn_protocol() != "h2":
+                        conn.abort()
+                        raise ConnectionError(f"upstream {ep} did not agree to h2 by ALPN")
+        except BaseException as exc:
+            fut.set_exception(exc if isinstance(exc, OSError | TimeoutError) else ConnectionError(str(exc)))
+            fut.exception()  # the waiters (if any) get it; nobody else must
+            raise
+        finally:
+            self._connecting.pop(key, None)
+        self.connects += 1
+        self._conns[key] = conn
+        fut.set_result(conn)
+        return conn
+
+    def forget(self, conn: H2UpstreamConnection) -> None:
+        key = (conn.ep, conn.tls)
+        if self._conns.get(key) is conn:
+            del self._conns[key]
+
+    def open_count(self) -> int:
+        return len(self._conns)
+
+    def close(self) -> None:
+        """Close every connection (streams on them end as lost)."""
+        for conn in list(self._conns.values()):
+            conn.abort()
+        self._conns.clear()
+
+
+class H2Call:
+    """One request on an upstream HTTP/2 connection, for the forwarding side."""
+
+    __slots__ = ("conn", "stream")
+
+    def __init__(self, conn: H2UpstreamConnection, headers: Headers, end_stream: bool) -> None:
+        self.conn = conn
+        self.stream = conn.open_stream(headers, end_stream)
+
+    async def get(self) -> Event:
+        return await self.stream.get()
+
+    def ack(self, flow_length: int) -> None:
+        self.conn.ack(self.stream.id, flow_length)
+
+    async def send_data(self, data: bytes, end_stream: bool) -> None:
+        if not data and not end_stream:
+            return
+        await self.conn.send_data(self.stream, data, end_stream)
+
+    def send_trailers(self, headers: Headers) -> None:
+        self.conn.send_trailers(self.stream, headers)
+
+    def finish(self, ok: bool) -> None:
+        """Done with the call: a stream still open either way is reset (CANCEL), so the backend stops work."""
+        stream = self.stream
+        if not (stream.closed and stream.ended):
+            self.conn.reset(stream, int(h2.errors.ErrorCodes.CANCEL))
+        else:
+            self.conn.finished_receiving(stream)

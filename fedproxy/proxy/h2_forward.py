@@ -174,9 +174,12 @@ async def serve_stream(
         while True:
             ep = pool.pick(hash_key, exclude=tried, cluster=pinned)
             if ep is None:
-                status = 503 if not tried else 502
-                why = f"no healthy endpoint for {route.spec.service}: {pool.reason or 'all ejected or drained'}"
-                await _error(conn, stream, call, status, why if not tried else f"no upstream reachable: {why}")
+                if tried:  # every endpoint left was tried: the last failure is the answer (HTTP/1.1 does the same)
+                    why = f"no upstream could be reached for {route.spec.service} (tried {len(tried)})"
+                    await _error(conn, stream, call, 502, why)
+                else:
+                    why = f"no healthy endpoint for {route.spec.service}: {pool.reason or 'all ejected or drained'}"
+                    await _error(conn, stream, call, 503, why)
                 return
             tried.append(ep)
             outcome, status = await _attempt(server, conn, stream, call, route, pool, ep, deadline, may_retry)

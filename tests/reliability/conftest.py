@@ -163,8 +163,12 @@ def config_yaml(
     grace: float = 1.5,
     west_weight: int = 1,
     members: tuple[str, ...] = MEMBERS,
+    extra: str = "",
 ) -> str:
-    """fedproxy's config for the fleet: port 0 listeners on 127.0.0.1, short discovery timings."""
+    """fedproxy's config for the fleet: port 0 listeners on 127.0.0.1, short discovery timings.
+
+    ``extra``: more top-level YAML appended as is (e.g. a ``balancing:`` section).
+    """
     clusters = "".join(
         f"""
   - name: {name}
@@ -210,7 +214,7 @@ admin:
   address: 127.0.0.1
   port: 0
   drain_timeout: 1{token_line}
-"""
+{extra}"""
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -173,8 +174,7 @@ async def test_certificate_swap_serves_new_connections_old_ones_keep_working(
 
     # 3. A broken pair on disk (key of another certificate) keeps the last good one.
     other = ca.issue("other")
-    with open(a.key_file, "wb") as f, open(other.key_file, "rb") as g:
-        f.write(g.read())
+    Path(a.key_file).write_bytes(Path(other.key_file).read_bytes())
     server.update(lst, server.config)
     await asyncio.sleep(0.2)
     c = await connect(server.port, "a.test", ca)

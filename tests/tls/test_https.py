@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -140,6 +140,10 @@ async def test_min_version_tls13(ca: Pki, proxy: Any, echo: HttpEcho) -> None:
     await c.close()
 
 
+def _copy(src: str, dst: str) -> None:
+    Path(dst).write_bytes(Path(src).read_bytes())
+
+
 async def test_certificate_swap_serves_new_connections_old_ones_keep_working(
     ca: Pki, proxy: Any, echo: HttpEcho, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -174,7 +178,7 @@ async def test_certificate_swap_serves_new_connections_old_ones_keep_working(
 
     # 3. A broken pair on disk (key of another certificate) keeps the last good one.
     other = ca.issue("other")
-    Path(a.key_file).write_bytes(Path(other.key_file).read_bytes())
+    _copy(other.key_file, a.key_file)
     server.update(lst, server.config)
     await asyncio.sleep(0.2)
     c = await connect(server.port, "a.test", ca)

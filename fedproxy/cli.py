@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--scenario", choices=["steady", "failover"], default="steady")
     demo.add_argument("--failover-after", type=float, default=20.0, help="s before the failover scenario acts")
     demo.add_argument("--http-port", type=int, default=8080)
+    demo.add_argument("--https-port", type=int, default=8443, help="TLS front door (0 = none)")
     demo.add_argument("--tcp-port", type=int, default=7000)
     demo.add_argument("--dns-port", type=int, default=5353)
     demo.add_argument("--admin-port", type=int, default=9901)

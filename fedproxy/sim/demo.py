@@ -17,14 +17,51 @@ from pathlib import Path
 from fedproxy.aio import install_uvloop
 from fedproxy.configload import load_config
 from fedproxy.serve import Server
+from fedproxy.sim.pki import CertificateAuthority
 from fedproxy.sim.topology import Topology
 
 log = logging.getLogger("fedproxy.demo")
 
 
-def demo_config(kubeconfig: Path, http: int, tcp: int, dns: int, admin: int) -> str:
+def write_demo_certificate(workdir: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for localhost / 127.0.0.1 / web.demo.example: (ca, cert, key)."""
+    ca = CertificateAuthority("fedproxy-demo-ca")
+    leaf = ca.issue("localhost", ips=("127.0.0.1",), dns_names=("localhost", "web.demo.example"))
+    paths = workdir / "demo-ca.pem", workdir / "tls.crt", workdir / "tls.key"
+    for path, data in zip(paths, (ca.cert_pem, leaf.cert_pem, leaf.key_pem), strict=True):
+        path.write_bytes(data)
+    paths[2].chmod(0o600)
+    return paths
+
+
+def _https_listener(https: int, cert: Path | None, key: Path | None) -> str:
+    if not https or cert is None or key is None:
+        return ""
+    return f"""\
+    - name: front-door-tls
+      address: 127.0.0.1
+      port: {https}
+      tls:
+        certificates: [{{cert_file: {cert}, key_file: {key}}}]
+      routes:
+        - {{host: "web.demo.example", service: demo/web}}
+        - {{path_prefix: /, service: demo/nginx, retries: {{attempts: 2}}}}
+"""
+
+
+def demo_config(
+    kubeconfig: Path,
+    http: int,
+    tcp: int,
+    dns: int,
+    admin: int,
+    https: int = 0,
+    cert: Path | None = None,
+    key: Path | None = None,
+) -> str:
     """The fedproxy config of the demo: east-1 is local (pods reachable), east-2 has a flat network
-    to its pods (as with Submariner), west-1 is reached through NodePorts and LoadBalancer IPs."""
+    to its pods (as with Submariner), west-1 is reached through NodePorts and LoadBalancer IPs.
+    With ``https`` and a certificate, the front door is also served over TLS on that port."""
     return f"""\
 # Written by `fedproxy demo`. Members are emulated Kubernetes API servers on 127.0.0.1.
 clusters:
@@ -42,7 +79,7 @@ http:
       routes:
         - {{host: "web.demo.example", service: demo/web}}
         - {{path_prefix: /, service: demo/nginx, retries: {{attempts: 2}}}}
-tcp:
+{_https_listener(https, cert, key)}tcp:
   listeners:
     - {{name: echo, address: 127.0.0.1, port: {tcp}, service: demo/echo}}
 dns:
@@ -54,14 +91,20 @@ admin:
 """
 
 
-def _instructions(http: int, tcp: int, dns: int, admin: int, workdir: Path) -> str:
+def _instructions(http: int, tcp: int, dns: int, admin: int, workdir: Path, https: int = 0) -> str:
+    tls = ""
+    if https:
+        ca = workdir / "demo-ca.pem"
+        tls = f"""
+  curl -s --cacert {ca} https://localhost:{https}/                  # HTTPS front door (TLS, ALPN h2/http1.1)
+  curl -s --cacert {ca} --resolve web.demo.example:{https}:127.0.0.1 https://web.demo.example:{https}/"""
     return f"""
 fedproxy demo is running: 3 emulated members (east-1 local, east-2 same region, west-1 other region).
 Config: {workdir / "fedproxy.yaml"}   kubeconfig: {workdir / "kubeconfig.yaml"}
 
   curl -s http://127.0.0.1:{http}/                                 # HTTP front door -> demo/nginx (local first)
   curl -s -H 'x-fedproxy-cluster: west-1' http://127.0.0.1:{http}/  # pin one member
-  curl -s -H 'Host: web.demo.example' http://127.0.0.1:{http}/      # host route -> demo/web
+  curl -s -H 'Host: web.demo.example' http://127.0.0.1:{http}/      # host route -> demo/web{tls}
   echo hello | nc -q1 127.0.0.1 {tcp}                               # TCP front door -> demo/echo
   dig @127.0.0.1 -p {dns} nginx.demo.svc.clusterset.local           # DNS, Lighthouse semantics
   dig @127.0.0.1 -p {dns} west-1.nginx.demo.svc.clusterset.local    # one member's address
@@ -94,11 +137,16 @@ async def run_demo(args: argparse.Namespace) -> None:
     try:
         kubeconfig = topology.write_kubeconfig(workdir / "kubeconfig.yaml")
         path = workdir / "fedproxy.yaml"
-        path.write_text(demo_config(kubeconfig, args.http_port, args.tcp_port, args.dns_port, args.admin_port))
+        https = getattr(args, "https_port", 0)
+        _ca, cert, key = write_demo_certificate(workdir) if https else (None, None, None)
+        path.write_text(
+            demo_config(kubeconfig, args.http_port, args.tcp_port, args.dns_port, args.admin_port, https, cert, key)
+        )
         server = Server(load_config(str(path)), config_path=str(path))
 
         async def until() -> None:
-            print(_instructions(args.http_port, args.tcp_port, args.dns_port, args.admin_port, workdir), flush=True)
+            text = _instructions(args.http_port, args.tcp_port, args.dns_port, args.admin_port, workdir, https)
+            print(text, flush=True)
             tasks = []
             if args.scenario == "failover":
                 tasks.append(asyncio.ensure_future(_failover(topology, args.failover_after)))

@@ -111,7 +111,8 @@ async def test_well_formed_requests_still_pass(world: World) -> None:
     ]
     for request in good:
         before = world.fleet.web_requests()
-        out = await raw_exchange(proxy.http_port, request + b"GET /second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        second = b"GET /second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        out = await raw_exchange(proxy.http_port, request + second)
         assert out.startswith(b"HTTP/1.1 200"), out[:100]
         assert world.fleet.web_requests() - before == 2
 

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -50,7 +51,7 @@ def _wait_ready(admin: int, proc: subprocess.Popen[bytes], deadline: float = 30.
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[dict[str, object]]:
-    http, tcp, dns_port, admin = free_ports(4)
+    http, tcp, dns_port, admin, https = free_ports(5)
     # A port offset unlike the default demo's, so a demo the developer runs does not collide.
     offset = 20000 + (os.getpid() % 50) * 10
     exe = Path(sys.executable).with_name("fedproxy")
@@ -61,13 +62,14 @@ def demo(tmp_path: Path) -> Iterator[dict[str, object]]:
         f"--tcp-port={tcp}",
         f"--dns-port={dns_port}",
         f"--admin-port={admin}",
+        f"--https-port={https}",
         f"--port-offset={offset}",
         f"--workdir={tmp_path}",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         _wait_ready(admin, proc)
-        yield {"proc": proc, "http": http, "tcp": tcp, "dns": dns_port, "admin": admin}
+        yield {"proc": proc, "http": http, "tcp": tcp, "dns": dns_port, "admin": admin, "https": https, "dir": tmp_path}
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -103,6 +105,12 @@ def test_demo_serves_every_listener_and_stops_on_sigint(demo: dict[str, object])
     # Pinning a member by header reaches it (west-1 through its NodePorts).
     status, pinned = _get(f"http://127.0.0.1:{http}/", {"x-fedproxy-cluster": "west-1"})
     assert status == 200 and json.loads(pinned)["cluster"] == "west-1"
+
+    # HTTPS: the demo's generated CA verifies the front door's certificate for "localhost".
+    ctx = ssl.create_default_context(cafile=str(Path(str(demo["dir"])) / "demo-ca.pem"))
+    req = urllib.request.Request(f"https://localhost:{demo['https']}/secure")
+    with urllib.request.urlopen(req, timeout=3, context=ctx) as resp:
+        assert resp.status == 200 and json.loads(resp.read())["headers"]["X-Forwarded-Proto"] == "https"
 
     # TCP: the echo service answers with its backend's name, then echoes.
     with socket.create_connection(("127.0.0.1", tcp), timeout=3) as s:

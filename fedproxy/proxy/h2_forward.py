@@ -279,7 +279,8 @@ async def _open(
     if proto == "http1":
         h1 = await open_h1(server.upstreams, ep, timeout or 0.0, call.method == b"HEAD", tls)
         h1.send_head(call.method, call.path, call.headers, client_ip=conn.client_ip, host=call.authority,
-                     request_id=call.request_id, has_request_id=call.has_request_id, end_stream=end)  # fmt: skip
+                     request_id=call.request_id, has_request_id=call.has_request_id, end_stream=end,
+                     scheme=conn.scheme)  # fmt: skip
         return h1
     if proto == "h2":
         tls = tls or _DEFAULT_TLS  # h2 is HTTP/2 over TLS: verify against the system store unless configured

@@ -65,13 +65,14 @@ class H1Call:
         up.attach_flow(self.gate)  # type: ignore[arg-type]  # duck-typed: pause_reading/resume_reading
 
     def send_head(self, method: bytes, target: bytes, headers: Headers, *, client_ip: str, host: bytes,
-                  request_id: bytes, has_request_id: bool, end_stream: bool) -> None:  # fmt: skip
+                  request_id: bytes, has_request_id: bool, end_stream: bool,
+                  scheme: bytes = b"http") -> None:  # fmt: skip
         """Write the request head; without content-length a body that follows is sent chunked."""
         has_length = any(n == b"content-length" for n, _ in headers)
         self.chunked = not end_stream and not has_length
         head = http_head.request_head(method, target, [(b"host", host), *headers], client_ip=client_ip, host=host,
                                       request_id=request_id, has_request_id=has_request_id, chunked=self.chunked,
-                                      websocket=False)  # fmt: skip
+                                      websocket=False, scheme=scheme)  # fmt: skip
         self.sent_end = end_stream
         self._write(head)
 

@@ -227,7 +227,7 @@ async def _attempt(
         head = http_head.request_head(
             req.method, req.target, req.headers, client_ip=client.client_ip, host=req.host,
             request_id=req.request_id, has_request_id=req.has_request_id, chunked=req.chunked,
-            websocket=req.websocket,
+            websocket=req.websocket, scheme=client.scheme,
         )  # fmt: skip
         sent_at = loop.time()
         up.transport.write(head)  # type: ignore[union-attr]

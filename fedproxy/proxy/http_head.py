@@ -58,8 +58,11 @@ def request_head(
     has_request_id: bool,
     chunked: bool,
     websocket: bool,
+    scheme: bytes = b"http",
 ) -> bytes:
-    """The head sent upstream: hop-by-hop stripped, forwarding headers appended, framing set by us."""
+    """The head sent upstream: hop-by-hop stripped, forwarding headers appended, framing set by us.
+
+    ``scheme`` is what the client used to reach this hop (``https`` on a TLS listener)."""
     drop = HOP_BY_HOP | connection_tokens(headers)
     out = [b"%b %b HTTP/1.1\r\n" % (method, target)]
     xff = b""
@@ -81,8 +84,8 @@ def request_head(
     ip = client_ip.encode("ascii")
     node = b'"[%b]"' % ip if b":" in ip else ip
     out.append(b"X-Forwarded-For: %b\r\n" % (xff + b", " + ip if xff else ip))
-    out.append(b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: %b\r\n" % host)
-    here = b"for=%b;host=%b;proto=http" % (node, _quote(host))
+    out.append(b"X-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n" % (scheme, host))
+    here = b"for=%b;host=%b;proto=%b" % (node, _quote(host), scheme)
     out.append(b"Forwarded: %b\r\n" % (fwd + b", " + here if fwd else here))
     out.append(b"Via: %b\r\n" % (via + b", " + VIA if via else VIA))
     if not has_request_id:

@@ -49,6 +49,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.flow = FlowControl()  # response direction: the upstream is the source, we are the sink
         self.inbound = FlowControl()  # every reason to stop reading this client (upstream full, pipelining...)
         self.client_ip = ""
+        self.scheme = b"http"  # b"https" once the transport is TLS (X-Forwarded-Proto, Forwarded proto=)
         self.conn_id = 0
         self.requests_served = 0
         self.timer: asyncio.TimerHandle | None = None
@@ -70,6 +71,8 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.inbound = FlowControl(transport)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "unknown"
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = b"https"
         self.conn_id = self.server.register(self)
         self._set_timer(self.listener.request_head_timeout, self._head_timeout)
 

@@ -108,6 +108,7 @@ async def test_sni_picks_the_certificate(ca: Pki, proxy: Any, echo: HttpEcho) ->
         assert peer_common_name(c.sslobj) == want
         status, body = await c.get(name)
         assert status == 200 and b"x-backend: c1/p1" in body.lower()
+        assert b'"x-forwarded-proto": "https"' in body.lower() and b"proto=https" in body.lower()
         await c.close()
     # An unknown name (and no name at all) gets the default: the first certificate.
     for name in ("other.test", None):

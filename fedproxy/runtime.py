@@ -91,6 +91,9 @@ class Runtime:
         self.last_reload_error: list[str] = []
         self._health_timer: asyncio.TimerHandle | None = None
         self._listeners_lock = asyncio.Lock()
+        # Reloads await (sockets, discovery); two overlapping ones (SIGHUP and POST /reload) would interleave
+        # their swaps, and a failed one's rollback would undo a later one that reported success.
+        self._reload_lock = asyncio.Lock()
         self.on_state: list[Callable[[ServingState], None]] = []  # admin/metrics subscribe here
 
     # -- the one reference listeners read --------------------------------------------------------
@@ -259,7 +262,14 @@ class Runtime:
                 await dns.close()
 
     async def reload(self, text: str | None = None) -> ReloadResult:
-        """Validate a whole new config (the file, or ``text``), then swap it in; a bad one changes nothing."""
+        """Validate a whole new config (the file, or ``text``), then swap it in; a bad one changes nothing.
+
+        Overlapping calls run one after the other, in call order.
+        """
+        async with self._reload_lock:
+            return await self._reload(text)
+
+    async def _reload(self, text: str | None) -> ReloadResult:
         try:
             new = parse_config(text, source="<admin>") if text is not None else load_config(self.config_path)
         except ConfigError as exc:

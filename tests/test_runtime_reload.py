@@ -6,6 +6,7 @@ Runtime.reload with a whole new YAML text, as POST /reload does.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -116,3 +117,38 @@ async def test_reload_with_a_listener_that_cannot_bind_keeps_the_old_config(
         assert not result.ok and "cannot open a listener" in result.problems[0]
         assert runtime.config == before
         assert await serving()
+
+
+async def test_concurrent_reloads_apply_in_order_and_a_failed_one_does_not_undo_the_next(
+    world: tuple[Server, str, list[int]],
+) -> None:
+    server, text, (http, _tcp, _dns, _admin, taken) = world
+    runtime = server.runtime
+    (extra,) = free_ports(1)
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", taken))
+    squatter.listen()
+    try:
+        broken = text.replace(
+            "tcp:\n",
+            f"    - {{name: clash, address: 127.0.0.1, port: {taken}, routes: [{{service: demo/web}}]}}\ntcp:\n",
+        )
+        good = text.replace(
+            "tcp:\n",
+            f"    - {{name: second, address: 127.0.0.1, port: {extra}, routes: [{{service: demo/web}}]}}\ntcp:\n",
+        )
+        # SIGHUP and POST /reload can overlap: the second must not be rolled back by the first's failure.
+        first, second = await asyncio.gather(runtime.reload(broken), runtime.reload(good))
+    finally:
+        squatter.close()
+    assert not first.ok and "cannot open a listener" in first.problems[0]
+    assert second.ok, second.problems
+    assert runtime.config == parse_config(good)
+    assert ("http", "127.0.0.1", extra) in runtime.http
+    async with aiohttp.ClientSession() as s:
+
+        async def serving() -> bool:
+            async with s.get(f"http://127.0.0.1:{extra}/") as r:
+                return r.status == 200
+
+        await until(serving)  # the members may still be syncing: the listener is open, routes fill in

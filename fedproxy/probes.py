@@ -51,10 +51,22 @@ class Prober:
         self.health = ActiveHealth()
         self.tasks = TaskOwner("probes")
         self.on_change = on_change
-        self._checks: dict[str, tuple[Endpoint, HealthCheckConfig]] = {}
+        # Every state swap starts a reconcile and each awaits task stops: without this, an older one resuming
+        # after a newer one would spawn probes for endpoints the newer state no longer has.
+        self._lock = asyncio.Lock()
+        self._latest: ServingState | None = None
 
     async def reconcile(self, state: ServingState) -> None:
-        """Probe exactly the endpoints of the services that have a health check in ``state.config``."""
+        """Probe exactly the endpoints of the services that have a health check in ``state.config``.
+
+        Overlapping calls converge on the newest ``state``; a call superseded while it waited does nothing.
+        """
+        self._latest = state
+        async with self._lock:
+            if self._latest is state:
+                await self._reconcile(state)
+
+    async def _reconcile(self, state: ServingState) -> None:
         checks = state.config.balancing.health_checks
         wanted: dict[str, tuple[Endpoint, HealthCheckConfig]] = {}
         for spec, pool in state.pools.items():
@@ -63,7 +75,6 @@ class Prober:
                 continue
             for ep in pool.endpoints:
                 wanted[f"{spec.service}|{ep}|{check.path}|{check.interval}"] = (ep, check)
-        self._checks = wanted
         self.health.retain(ep for ep, _ in wanted.values())
         await self.tasks.adjust({name: (lambda e=ep, c=chk: self._loop(e, c)) for name, (ep, chk) in wanted.items()})
 

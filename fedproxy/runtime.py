@@ -317,12 +317,18 @@ class Runtime:
             self._health_timer.cancel()
         servers: list[Any] = [*self.http.values(), *self.tcp.values()]
         await asyncio.gather(*(s.drain(grace) for s in servers), return_exceptions=True)
+        # Not listening any more: a rebuild from now on (discovery, probes) neither spawns probe reconciles nor
+        # arms the refresh timer, so nothing is left scheduled on the loop once this returns.
+        self.listening = False
+        if self._health_timer is not None:
+            self._health_timer.cancel()
+            self._health_timer = None
         if self.dns is not None:
             await self.dns.close()
         await self.discovery.close()
-        await self.prober.close()
+        # Runtime tasks first: a probe reconcile still running would spawn probes into a closed prober.
         await self.tasks.close()
+        await self.prober.close()
         self.http.clear()
         self.tcp.clear()
         self.dns = None
-        self.listening = False

@@ -42,9 +42,12 @@ async def test_sighup_reloads_and_sigterm_drains(tmp_path: Path) -> None:
         cfg = tmp_path / "fedproxy.yaml"
         original = demo_config(kubeconfig, http, tcp, dns_port, admin)
         cfg.write_text(original)
-        proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block; waits go through to_thread
-            [EXE, "run", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        # stderr to a file, not a pipe: nobody reads a pipe until exit, and a full one would block the process.
+        log_path = tmp_path / "stderr.log"
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block; waits go through to_thread
+                [EXE, "run", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=log_file
+            )
         async with aiohttp.ClientSession() as s:
 
             async def cluster_of(path: str = "/") -> str:
@@ -65,16 +68,18 @@ async def test_sighup_reloads_and_sigterm_drains(tmp_path: Path) -> None:
             # A broken file on SIGHUP changes nothing: traffic keeps the last good config.
             cfg.write_text("http: {listeners: [{port: 70000}]}\n")
             proc.send_signal(signal.SIGHUP)
-            await asyncio.sleep(0.5)
-            async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
-                text = await r.text()
-            assert 'fedproxy_config_reloads_total{result="failed"} 1.0' in text
+
+            async def rejected() -> bool:
+                async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                    return 'fedproxy_config_reloads_total{result="failed"} 1.0' in await r.text()
+
+            # Polled, not slept: on a loaded machine the reload may take longer than any fixed pause.
+            await until(rejected)
             assert await cluster_of() == "west-1"
 
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 30) == 0
-        stderr = proc.stderr.read().decode() if proc.stderr else ""
-        assert "reload_rejected" in stderr
+        assert "reload_rejected" in log_path.read_text()
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()

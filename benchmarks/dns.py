@@ -91,6 +91,9 @@ server:
     xfrdfile: "{workdir}/xfrd.state"
     xfrdir: "{workdir}"
     logfile: "{workdir}/nsd.err"
+    # Debian's NSD limits responses per source (RRL); one loopback load generator would be throttled.
+    rrl-ratelimit: 0
+    rrl-whitelist-ratelimit: 0
 remote-control:
     control-enable: no
 zone:

@@ -122,11 +122,12 @@ class Fleet:
                 )
             )
 
-    async def add_pod(self, member: str, *, publish: bool = True) -> str:
-        """One more web + tcp pod on the next pod IP of ``member``; returns its IP."""
-        n = self.next_ip.get(member, 1)
-        self.next_ip[member] = n + 1
-        ip = self.ip(member, n)
+    async def add_pod(self, member: str, *, publish: bool = True, ip: str = "") -> str:
+        """One more web + tcp pod on ``ip`` or the next pod IP of ``member``; returns its IP."""
+        if not ip:
+            n = self.next_ip.get(member, 1)
+            self.next_ip[member] = n + 1
+            ip = self.ip(member, n)
         m = self.members[member]
         web = HttpEcho(ip, self.web_port, cluster=member, pod=ip)
         tcp = TcpEcho(ip, self.tcp_port, prefix=f"{member}/{ip}\n".encode())

@@ -17,13 +17,14 @@ header and question with TC set (RFC 2181 9), so the client retries over TCP.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from typing import Literal
 
 from . import wire
 from .names import build_table
 from .table import AnswerTable, Entry, Rotation
 
-__all__ = ["AnswerTable", "answer", "build_table", "respond"]
+__all__ = ["AnswerTable", "Hot", "answer", "build_table", "lookup", "pick_index", "prebuild", "render", "respond"]
 
 Transport = Literal["udp", "tcp"]
 ECHO = wire.OPCODE_MASK | wire.RD | wire.CD
@@ -44,12 +45,17 @@ def _start(table: AnswerTable, rot: Rotation) -> dict[str, int]:
     return current
 
 
-def pick(table: AnswerTable, rot: Rotation) -> Entry:
+def pick_index(table: AnswerTable, rot: Rotation) -> int:
     """Smooth weighted round-robin (nginx): each cluster gains its weight, the leader pays the total."""
     current = table.rr_state.get(rot.key)
     if current is None:
         current = _start(table, rot)
-    return rot.entries[_step(current, rot)]
+    return _step(current, rot)
+
+
+def pick(table: AnswerTable, rot: Rotation) -> Entry:
+    """The entry of ``rot`` that answers this query (advances the rotation)."""
+    return rot.entries[pick_index(table, rot)]
 
 
 def _step(current: dict[str, int], rot: Rotation) -> int:
@@ -78,7 +84,12 @@ def in_zone(name: bytes, zone: bytes) -> bool:
     return pos == cut
 
 
-def _lookup(table: AnswerTable, q: wire.Query) -> Entry:
+def lookup(table: AnswerTable, q: wire.Query) -> Entry | Rotation:
+    """The table's answer for a parsed query, before any round-robin pick (a :class:`Rotation` is returned as is)."""
+    if q.flags & wire.OPCODE_MASK:
+        return NOTIMP
+    if q.edns_version:
+        return BADVERS
     if q.qclass != wire.CLASS_IN:
         return REFUSED
     name = q.qname.lower()
@@ -87,9 +98,30 @@ def _lookup(table: AnswerTable, q: wire.Query) -> Entry:
         if name in table.names:
             return table.nodata
         return table.nxdomain if in_zone(name, table.zone) else REFUSED
-    if type(entry) is Rotation:
-        return pick(table, entry)
-    return entry  # type: ignore[return-value]
+    return entry
+
+
+def render(table: AnswerTable, q: wire.Query, entry: Entry, transport: Transport = "udp") -> bytes:
+    """The response to ``q`` from ``entry``: header, the query's own question, the prebuilt sections, OPT."""
+    flags = wire.QR | entry.flags | (q.flags & ECHO)
+    edns = q.edns_payload >= 0
+    if edns:
+        ext = wire.BADVERS if entry is BADVERS else 0
+        opt = wire.opt_record(table.max_udp_payload, ext, q.edns_flags & wire.DO_BIT)
+        limit = min(max(512, q.edns_payload), table.max_udp_payload)
+        out = wire.HEADER.pack(q.id, flags, 1, entry.an, entry.ns, entry.ar + 1) + q.question + entry.body + opt
+    else:
+        opt = b""
+        limit = 512
+        out = wire.HEADER.pack(q.id, flags, 1, entry.an, entry.ns, entry.ar) + q.question + entry.body
+    if len(out) > (limit if transport == "udp" else TCP_MAX):
+        out = wire.HEADER.pack(q.id, flags | wire.TC, 1, 0, 0, 1 if edns else 0) + q.question + opt
+    return out
+
+
+def rcode_of(entry: Entry) -> int:
+    """The rcode an answer from ``entry`` carries (BADVERS travels partly in OPT)."""
+    return wire.BADVERS if entry is BADVERS else entry.flags & 0xF
 
 
 def answer(
@@ -105,29 +137,50 @@ def answer(
     if type(q) is int:
         return wire.header_only(data, q), q, 0, None
     assert isinstance(q, wire.Query)
-    if q.flags & wire.OPCODE_MASK:
-        entry = NOTIMP
-    elif q.edns_version:
-        entry = BADVERS
-    else:
-        entry = _lookup(table, q)
-    flags = wire.QR | entry.flags | (q.flags & ECHO)
-    edns = q.edns_payload >= 0
-    if edns:
-        ext = wire.BADVERS if entry is BADVERS else 0
-        opt = wire.opt_record(table.max_udp_payload, ext, q.edns_flags & wire.DO_BIT)
-        limit = min(max(512, q.edns_payload), table.max_udp_payload)
-        out = wire.HEADER.pack(q.id, flags, 1, entry.an, entry.ns, entry.ar + 1) + q.question + entry.body + opt
-    else:
-        opt = b""
-        limit = 512
-        out = wire.HEADER.pack(q.id, flags, 1, entry.an, entry.ns, entry.ar) + q.question + entry.body
-    if len(out) > (limit if transport == "udp" else TCP_MAX):
-        out = wire.HEADER.pack(q.id, flags | wire.TC, 1, 0, 0, 1 if edns else 0) + q.question + opt
-    rcode = wire.BADVERS if entry is BADVERS else entry.flags & 0xF
-    return out, rcode, q.qtype, entry
+    entry = lookup(table, q)
+    if type(entry) is Rotation:
+        entry = pick(table, entry)
+    assert isinstance(entry, Entry)
+    return render(table, q, entry, transport), rcode_of(entry), q.qtype, entry
 
 
 def respond(table: AnswerTable, data: bytes, transport: Transport = "udp") -> bytes | None:
     """The response to one query (None: drop it). Pure apart from the round-robin counters in ``table``."""
     return answer(table, data, transport)[0]
+
+
+@dataclass(slots=True)
+class Hot:
+    """Everything after the ID of the response to one exact query (the bytes after its ID), prebuilt.
+
+    ``tail`` is the response when one entry answers; a rotation has ``tail`` None and one tail per candidate in
+    ``tails``, picked by :func:`pick_index`. ``counts`` are answers sent per candidate since the I/O layer last
+    moved them into its metrics (a plain int add per query instead of a metrics call).
+    """
+
+    tail: bytes | None
+    tails: tuple[bytes, ...]
+    entries: tuple[Entry, ...]
+    rotation: Rotation | None
+    qtype: int
+    counts: list[int]
+
+
+def prebuild(table: AnswerTable, data: bytes, transport: Transport = "udp") -> Hot | None:
+    """The :class:`Hot` answer for query ``data`` (None: not a query the table answers by itself, e.g. FORMERR).
+
+    Every query with the same bytes after the ID gets the same answer from one table (the rotation aside), so
+    the caller may key these by ``data[2:]`` and patch the ID in.
+    """
+    q = wire.parse_query(data)
+    if q is None or type(q) is int:
+        return None
+    assert isinstance(q, wire.Query)
+    found = lookup(table, q)
+    if type(found) is Rotation:
+        entries = found.entries
+        tails = tuple(render(table, q, e, transport)[2:] for e in entries)
+        return Hot(None, tails, entries, found, q.qtype, [0] * len(entries))
+    assert isinstance(found, Entry)
+    tail = render(table, q, found, transport)[2:]
+    return Hot(tail, (tail,), (found,), None, q.qtype, [0])

@@ -5,8 +5,15 @@ change with the state. Round-robin counters live here, outside the table, so a r
 that the change did not touch. TCP follows RFC 7766: 2-byte length framing, several queries per connection
 (pipelined, answered in order), an idle timeout.
 
-Metrics, kept cheap on the hot path: ``fedproxy_dns_answers_total{rcode,qtype,service,cluster}`` counts through
-children cached on the answered table entry (one int-keyed dict lookup and an inc per query);
+UDP hot path (issue 9): ``hot`` maps the exact bytes of a query after its ID to the prebuilt rest of its response
+(:class:`~.answer.Hot`): one dict lookup, one join with the query's ID, one ``sendto``. A miss goes through the
+full parse (:func:`.answer.answer`) and then fills ``hot``; a rebuild starts an empty ``hot`` (refilled by the
+next query of each kind); ``hot`` is bounded (``MAX_HOT``, cleared when full: random names cannot grow it).
+
+Metrics, kept cheap on the hot path: ``fedproxy_dns_answers_total{rcode,qtype,service,cluster}``: a hot answer
+adds 1 to a plain int on its ``Hot``, moved into the counter at scrape time (a collector registered before the
+counter), on each rebuild and every ``FLUSH_INTERVAL`` (multi-process mode: the control process reads what the
+workers wrote); a slow-path answer counts through children cached on the answered table entry;
 ``fedproxy_dns_answer_seconds`` times one query in ``ANSWER_SAMPLE`` (two clock reads per query would cost
 more than the lookup itself); ``fedproxy_service_conflicts{service}`` is the number of MCS conflicts the catalog
 reports for a service, refreshed with each table (set to 0, not removed, once they clear: multiprocess mode
@@ -24,21 +31,40 @@ import logging
 import os
 import socket
 import time
+import weakref
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from ..aio import TaskOwner
 from ..balancing import ServingState
 from ..config import DnsConfig
 from . import wire
-from .answer import AnswerTable, answer, build_table
+from .answer import AnswerTable, Hot, answer, build_table, pick_index, prebuild, rcode_of
 from .forward import forward
 from .table import RoundRobinState
 
 log = logging.getLogger("fedproxy.dns")
+_SERVERS: weakref.WeakSet[DnsServer] = weakref.WeakSet()
+
+
+class _FlushHotCounts(Collector):
+    """Moves the hot path's plain-int answer counts into ``fedproxy_dns_answers_total`` when scraped.
+
+    Registered before that counter, so a registry's collection (in registration order) sees it first.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        for server in list(_SERVERS):
+            server.flush_counts()
+        return iter(())
+
+
+REGISTRY.register(_FlushHotCounts())
 
 ANSWERS = Counter(
     "fedproxy_dns_answers",
@@ -65,6 +91,8 @@ BUILD_SECONDS = Histogram(
 RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS"}
 QTYPES = {1: "A", 2: "NS", 6: "SOA", 16: "TXT", 28: "AAAA", 33: "SRV", 255: "ANY", 0: "none"}
 TCP_IDLE_TIMEOUT = 10.0  # s, RFC 7766 6.2.3 suggests seconds, not minutes, for an idle connection
+MAX_HOT = 10_000  # distinct hot queries kept per table (letter-case variants and EDNS sizes count apart)
+FLUSH_INTERVAL = 1.0  # s between moves of hot counts into the metrics (what another process may read)
 
 
 def default_rr_seed() -> int:
@@ -95,12 +123,14 @@ class DnsServer:
         self._queries = 0
         self._unlabelled: dict[int, Counter] = {}  # counters of answers given without a table entry
         self.table: AnswerTable | None = None
+        self.hot: dict[bytes, Hot] = {}  # query bytes after the ID -> prebuilt response after the ID
         self.port = config.port
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._connections: set[DnsTcpProtocol] = set()
         self._tasks = TaskOwner("dns")
         self._forwarded = 0
+        _SERVERS.add(self)
 
     def forwards(self, response: bytes) -> bool:
         """Whether this response (REFUSED: outside the zone) should go to the ``dns.forward`` upstreams instead."""
@@ -129,6 +159,8 @@ class DnsServer:
         """Rebuild the answer table from ``state`` (called on every state swap)."""
         started = time.perf_counter()
         self.table = build_table(state, self.rr_state, self.config, self.rr_seed)
+        self.flush_counts()
+        self.hot = {}
         elapsed = time.perf_counter() - started
         BUILD_SECONDS.observe(elapsed)
         self._count_conflicts(state)
@@ -144,15 +176,58 @@ class DnsServer:
             CONFLICTS.labels(service).set(count)
         self._conflicted = set(now)
 
+    def flush_counts(self) -> None:
+        """Move the hot answers' plain-int counts into ``fedproxy_dns_answers_total``."""
+        for hot in self.hot.values():
+            counts = hot.counts
+            for i, n in enumerate(counts):
+                if n:
+                    counts[i] = 0
+                    entry = hot.entries[i]
+                    self._counter(entry, rcode_of(entry), hot.qtype).inc(n)
+
+    def _counter(self, entry: object, rcode: int, qtype: int) -> Counter:
+        """The metric child for answers from ``entry`` (None: no table entry), cached on the entry."""
+        cache = entry.counters if entry is not None else self._unlabelled  # type: ignore[attr-defined]
+        key = rcode << 16 | qtype
+        counter = cache.get(key)
+        if counter is None:
+            service, cluster = (entry.service, entry.cluster) if entry is not None else ("", "")  # type: ignore[attr-defined]
+            qname = QTYPES.get(qtype, "other")
+            counter = cache[key] = ANSWERS.labels(RCODES.get(rcode, str(rcode)), qname, service, cluster)
+        return counter
+
+    def udp_miss(self, data: bytes, sampled: bool = False) -> bytes | None:
+        """The slow path of a UDP query (``hot`` had no answer, or it was sampled for timing); fills ``hot``."""
+        out = self._handle(data, "udp", sampled)
+        if out is None or self.forwards(out):
+            return out
+        table = self.table
+        hot = self.hot
+        if table is not None and data[2:] not in hot:
+            try:
+                made = prebuild(table, data)
+            except Exception:  # a bug must cost speed, not answers: the slow path answered already
+                log.exception("event=dns_prebuild_failed size=%d", len(data))
+                return out
+            if made is not None:
+                if len(hot) >= MAX_HOT:
+                    self.flush_counts()
+                    hot.clear()
+                hot[data[2:]] = made
+        return out
+
     def handle(self, data: bytes, transport: str) -> bytes | None:
         """One query -> its response (None: drop); counts it. Never raises."""
+        self._queries += 1
+        return self._handle(data, transport, not self._queries & (ANSWER_SAMPLE - 1))
+
+    def _handle(self, data: bytes, transport: str, sampled: bool) -> bytes | None:
         table = self.table
         if table is None:
             self.update(self.get_state())
             table = self.table
         assert table is not None
-        self._queries += 1
-        sampled = not self._queries & (ANSWER_SAMPLE - 1)
         started = time.perf_counter() if sampled else 0.0
         try:
             out, rcode, qtype, entry = answer(table, data, transport)  # type: ignore[arg-type]
@@ -163,14 +238,7 @@ class DnsServer:
         if sampled:
             ANSWER_SECONDS.observe(time.perf_counter() - started)
         if out is not None:
-            cache = entry.counters if entry is not None else self._unlabelled
-            key = rcode << 16 | qtype
-            counter = cache.get(key)
-            if counter is None:
-                service, cluster = (entry.service, entry.cluster) if entry is not None else ("", "")
-                qname = QTYPES.get(qtype, "other")
-                counter = cache[key] = ANSWERS.labels(RCODES.get(rcode, str(rcode)), qname, service, cluster)
-            counter.inc()
+            self._counter(entry, rcode, qtype).inc()
         return out
 
     async def start(self) -> None:
@@ -204,11 +272,18 @@ class DnsServer:
             self._udp = udp  # type: ignore[assignment]
             self.port = port
             break
+        self._tasks.spawn("flush-counts", self._flush_every())
         log.info("event=dns_listening address=%s port=%d", self.config.address, self.port)
+
+    async def _flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            self.flush_counts()
 
     async def close(self) -> None:
         """Stop both listeners, forwards in flight and open TCP connections."""
         await self._tasks.close()
+        self.flush_counts()
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -226,13 +301,33 @@ class DnsUdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, server: DnsServer) -> None:
         self.server = server
         self.transport: asyncio.DatagramTransport | None = None
+        self.sendto: Callable[[bytes, tuple], None] = lambda data, addr: None
 
     # Protocol interface
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.sendto = transport.sendto  # type: ignore[attr-defined]
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
-        out = self.server.handle(data, "udp")
+        # The hot path: no parse, no allocation but the key and the response (module docstring).
+        server = self.server
+        hot = server.hot.get(data[2:])
+        if hot is not None:
+            server._queries = n = server._queries + 1
+            if n & (ANSWER_SAMPLE - 1):
+                tail = hot.tail
+                if tail is None:  # a rotation: the next candidate's prebuilt answer
+                    i = pick_index(server.table, hot.rotation)  # type: ignore[arg-type]
+                    hot.counts[i] += 1
+                    self.sendto(data[:2] + hot.tails[i], addr)
+                else:
+                    hot.counts[0] += 1
+                    self.sendto(data[:2] + tail, addr)
+                return
+            out = server.udp_miss(data, sampled=True)
+        else:
+            server._queries += 1
+            out = server.udp_miss(data, sampled=not server._queries & (ANSWER_SAMPLE - 1))
         if out is None or self.transport is None:
             return
         if self.server.forwards(out):

@@ -129,13 +129,17 @@ async def test_dns_refuses_recursion_unless_forward_is_configured(world: World) 
         port = transport.get_extra_info("sockname")[1]
         result = await proxy.runtime.reload(world.yaml(dns_extra=f'\n  forward: ["127.0.0.1:{port}"]'))
         assert result.ok, result.problems
-        r = await dns.asyncquery.udp(dns.message.make_query("example.com", "A"), "127.0.0.1", proxy.dns_port, 2)
+        r = await dns.asyncquery.udp(
+            dns.message.make_query("example.com", "A"), "127.0.0.1", port=proxy.dns_port, timeout=2
+        )
         assert r.rcode() == dns.rcode.NOERROR and [rd.address for rr in r.answer for rd in rr] == ["192.0.2.1"]
         # Our own zone is still answered by us, not forwarded.
         assert (await proxy.dns_a())[1] <= {"10.1.0.10", "10.2.0.10"}
         # And back off again: REFUSED.
         assert (await proxy.runtime.reload(world.yaml())).ok
-        r = await dns.asyncquery.udp(dns.message.make_query("example.com", "A"), "127.0.0.1", proxy.dns_port, 2)
+        r = await dns.asyncquery.udp(
+            dns.message.make_query("example.com", "A"), "127.0.0.1", port=proxy.dns_port, timeout=2
+        )
         assert r.rcode() == dns.rcode.REFUSED
     finally:
         transport.close()

@@ -268,13 +268,43 @@ def is_headless(svc: CatalogService) -> bool:
     return any(s.service_import is not None and s.service_import.type == "Headless" for s in svc.clusters.values())
 
 
+@dataclass(slots=True)
+class ServiceMemo:
+    """One table build's per-service records, reused by the next build for services whose inputs are equal.
+
+    A catalog change usually touches one service, and encoding with dnspython is most of a build (issue 9: 20
+    rebuilds/s blocked answering), so a build encodes only the services that changed. ``context`` is what
+    every service's records depend on (zone, DNS settings); when it differs nothing is reused.
+    """
+
+    context: tuple = ()
+    services: dict[ServiceKey, tuple[tuple, dict, frozenset[bytes]]] = field(default_factory=dict)
+
+
+def _inputs(state: ServingState, svc: CatalogService, cfg: DnsConfig, policy: str, proxied: Mapping) -> tuple:
+    """Everything the records of ``svc`` are computed from (equal inputs: equal records)."""
+    if is_headless(svc):
+        catalog, drained = state.catalog, state.overrides.drained
+        seen = tuple((c, catalog.connected(c), c in drained) for c in sorted(svc.clusters))
+        return ("headless", svc, seen, None)
+    ms = members(state, svc, cfg, policy)
+    fixed = proxied.get(svc.key) if cfg.answer == "proxy" else None
+    shape = tuple((m.name, m.info.locality, m.weight, m.tier, m.addresses, tuple(m.ports.items())) for m in ms)
+    return ("clusterset", svc.key, svc.ports, svc.clusterset_ips, fixed, shape, ms)
+
+
 def build_table(
-    state: ServingState, rr_state: RoundRobinState, config: DnsConfig | None = None, rr_seed: int = 0
+    state: ServingState,
+    rr_state: RoundRobinState,
+    config: DnsConfig | None = None,
+    rr_seed: int = 0,
+    memo: ServiceMemo | None = None,
 ) -> AnswerTable:
     """Every name of the clusterset domain for this serving state, as prebuilt wire answers.
 
     ``rr_state`` is the caller's long-lived round-robin state; counters of names that still rotate are kept.
     ``config`` defaults to ``state.config.dns``; ``rr_seed`` offsets where new rotations start (0: no offset).
+    ``memo``: the caller's :class:`ServiceMemo`, read and updated (None: encode everything).
     """
     cfg = config if config is not None else state.config.dns
     catalog = state.catalog
@@ -290,15 +320,27 @@ def build_table(
     b.add(version_name, dns.rdatatype.TXT, [rrset(version_name, cfg.ttl, dns.rdatatype.TXT, [txt])])
     policy = policy_of(cfg)
     proxied = proxied_addresses(state.config, cfg) if cfg.answer == "proxy" else {}
+    context = (origin, cfg)
+    previous = memo.services if memo is not None and memo.context == context else {}
+    kept: dict[ServiceKey, tuple[tuple, dict, frozenset[bytes]]] = {}
     for key, svc in sorted(catalog.services.items()):
         if not svc.clusters:
             continue
         b.service = str(key)
-        if is_headless(svc):
-            _headless_service(b, state, svc, cfg)
-        else:
-            ms = members(state, svc, cfg, policy)
-            if ms:
-                _clusterset_service(b, svc, ms, cfg, proxied)
+        inputs = _inputs(state, svc, cfg, policy, proxied)
+        old = previous.get(key)
+        if old is not None and old[0][:-1] == inputs[:-1]:  # the last item is the members list: derived data
+            kept[key] = old
+            b.merge(old[1], old[2])
+            continue
+        part = b.fragment()
+        if inputs[0] == "headless":
+            _headless_service(part, state, svc, cfg)
+        elif inputs[-1]:
+            _clusterset_service(part, svc, inputs[-1], cfg, proxied)
+        kept[key] = (inputs, part.entries, frozenset(part.names))
+        b.merge(part.entries, part.names)
+    if memo is not None:
+        memo.context, memo.services = context, kept
     b.service = ""
     return b.finish(rr_state, cfg.max_udp_payload, state.version, rr_seed)

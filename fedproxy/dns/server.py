@@ -46,6 +46,7 @@ from ..config import DnsConfig
 from . import wire
 from .answer import AnswerTable, Hot, answer, build_table, pick_index, prebuild, rcode_of
 from .forward import forward
+from .names import ServiceMemo
 from .table import RoundRobinState
 
 log = logging.getLogger("fedproxy.dns")
@@ -119,6 +120,7 @@ class DnsServer:
         self.reuse_port = reuse_port
         self.rr_seed = default_rr_seed() if rr_seed is None else rr_seed
         self.rr_state: RoundRobinState = {}
+        self._memo = ServiceMemo()  # per-service records of the last build, reused when unchanged
         self._conflicted: set[str] = set()
         self._queries = 0
         self._unlabelled: dict[int, Counter] = {}  # counters of answers given without a table entry
@@ -158,7 +160,7 @@ class DnsServer:
     def update(self, state: ServingState) -> None:
         """Rebuild the answer table from ``state`` (called on every state swap)."""
         started = time.perf_counter()
-        self.table = build_table(state, self.rr_state, self.config, self.rr_seed)
+        self.table = build_table(state, self.rr_state, self.config, self.rr_seed, self._memo)
         self.flush_counts()
         self.hot = {}
         elapsed = time.perf_counter() - started

@@ -152,6 +152,27 @@ class TableBuilder:
         self.rotation_keys: set[Key] = set()
         self.service = ""  # the service whose names are being added (a metric label of their entries)
 
+    def fragment(self) -> TableBuilder:
+        """An empty builder with the same zone settings, for one service's names (merged back with ``merge``)."""
+        part = TableBuilder.__new__(TableBuilder)
+        part.origin, part.ttl, part.soa_rdata, part.negative_soa = (
+            self.origin,
+            self.ttl,
+            self.soa_rdata,
+            self.negative_soa,
+        )
+        part.entries, part.names, part.rotation_keys, part.service = {}, set(), set(), self.service
+        return part
+
+    def merge(self, entries: Mapping[Key, Entry | Rotation], names: Iterable[bytes]) -> None:
+        """Add a fragment's records as if added here in order (first writer wins, as in ``add``)."""
+        self.names.update(names)
+        for key, entry in entries.items():
+            if key not in self.entries:
+                self.entries[key] = entry
+                if type(entry) is Rotation:
+                    self.rotation_keys.add(key)
+
     def touch(self, name: dns.name.Name) -> None:
         """Make ``name`` exist (NODATA for every type without records) without adding records."""
         self.names.add(name_key(name))
@@ -201,11 +222,15 @@ class TableBuilder:
 
     def finish(self, rr_state: RoundRobinState, max_udp_payload: int, version: int, rr_seed: int = 0) -> AnswerTable:
         zone = name_key(self.origin)
-        for key in list(self.names):
-            name = dns.name.from_wire(key, 0)[0]
-            while name != self.origin and len(name) > len(self.origin):
-                name = name.parent()
-                self.names.add(name_key(name))
+        # Empty non-terminals: every ancestor down to the zone exists. Names are lowercased wire bytes under the
+        # zone, so a parent is the name without its first label.
+        names = self.names
+        for key in list(names):
+            while len(key) > len(zone):
+                key = key[key[0] + 1 :]
+                if key in names:
+                    break  # its ancestors were added with it
+                names.add(key)
         # Counters of names that still rotate survive (issue 6); the others would only grow the dict.
         for key in list(rr_state):
             rot = self.entries.get(key)

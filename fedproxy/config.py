@@ -247,6 +247,20 @@ class HealthCheckConfig:
 
 
 @dataclass(frozen=True)
+class ServiceBalancing:
+    """Per-service balancing overrides (docs/balancing.md); None / empty = the ``balancing`` section's value."""
+
+    panic_threshold: float | None = None  # % healthy below which a tier panics (Envoy's 50 % by default)
+    fail_on_panic: bool | None = None  # 503 instead of panic routing for this service
+    algorithm: Algorithm | None = None  # picker for this service's pools (a route's hash still wins)
+    # Member weights inside a tier for every route and listener of this service (a route's own ``clusters``
+    # win); same meaning as a route's: shares follow the numbers whatever the pod counts, unnamed members get 0.
+    clusters: Mapping[str, int] = field(default_factory=empty_map)
+    local_min_healthy: float | None = None  # see BalancingConfig.local_min_healthy
+    tier_ramp: float | None = None  # see BalancingConfig.tier_ramp
+
+
+@dataclass(frozen=True)
 class BalancingConfig:
     algorithm: Algorithm = "round_robin"
     hash: HashConfig = HashConfig()
@@ -266,6 +280,15 @@ class BalancingConfig:
     max_retries: int = 3  # per pool, retries in flight (Envoy)
     retry_budget_percent: float = 20.0  # % of active + pending requests that may be retries (Envoy retry budget)
     retry_budget_min: int = 3  # retries always allowed whatever the budget says (Envoy min_retry_concurrency)
+    # s over which tier loads move from the old split to the new one when health changes (failover and
+    # fail-back ramp, "slow start across tiers"); a tier left with no healthy endpoint drops out at once.
+    # 5 s: a few rebuilds, short next to the 30 s ejection time. 0 = jump as Envoy does.
+    tier_ramp: float = 5.0
+    # % healthy the local tier needs to keep all traffic ("prefer local", gradual): below it the local tier's
+    # health is 100 x healthy% / local_min_healthy, so it spills in proportion. 0 = the overprovisioning
+    # factor decides (1.4: keep all down to ~71 %), as Envoy does.
+    local_min_healthy: float = 0.0
+    services: Mapping[ServiceKey, ServiceBalancing] = field(default_factory=empty_map)  # per-service overrides
 
 
 @dataclass(frozen=True)

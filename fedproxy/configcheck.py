@@ -34,6 +34,7 @@ from .config import (
     NodePortConfig,
     OutlierConfig,
     RetryPolicy,
+    ServiceBalancing,
     TcpListener,
     Timeouts,
     TlsConfig,
@@ -316,6 +317,12 @@ FIELD_CHECKS: dict[tuple[type, str], Check] = {
     (BalancingConfig, "overprovisioning"): at_least(1),
     (BalancingConfig, "panic_threshold"): at_least(0, 100),
     (BalancingConfig, "slow_start"): at_least(0),
+    (BalancingConfig, "tier_ramp"): at_least(0),
+    (BalancingConfig, "local_min_healthy"): at_least(0, 100),
+    (BalancingConfig, "retry_budget_percent"): at_least(0, 100),
+    (ServiceBalancing, "panic_threshold"): at_least(0, 100),
+    (ServiceBalancing, "local_min_healthy"): at_least(0, 100),
+    (ServiceBalancing, "tier_ramp"): at_least(0),
 }
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..catalog import Catalog, cluster_backends
 from ..config import Algorithm, BalancingConfig, HashConfig
@@ -39,7 +39,7 @@ from ..model import BackendChoice, Endpoint, ServiceKey, empty_map
 from .health import HealthView
 from .limits import CircuitBreaker, Limits
 from .pickers import PICKERS, Load, Picker, PickerOptions
-from .tiers import priority_loads, tier_health, tier_of
+from .tiers import priority_loads, ramp_loads, tier_health, tier_of
 
 __all__ = ["NO_HEALTH", "NO_OVERRIDES", "HealthView", "Overrides", "Pool", "PoolSpec", "Tier", "build_pool"]
 
@@ -104,6 +104,12 @@ class Pool:
     failed: bool = False  # fail_on_panic engaged: pick returns None
     cum: tuple[int, ...] = ()  # cumulative tier loads
     cluster_tier: Mapping[str, int] = field(default_factory=empty_map)
+    # Tier ramp (failover / fail-back): the loads health asks for, by tier rank; the loads the ramp started
+    # from and when (None: no ramp in progress, tier loads are the target).
+    target: tuple[tuple[int, int], ...] = ()
+    ramp_from: tuple[tuple[int, float], ...] = ()
+    ramp_since: float | None = None
+    ramps: Mapping[Endpoint, float] = field(default_factory=empty_map)  # slow start: endpoint -> weight ratio
 
     @property
     def active(self) -> dict[Endpoint, int]:
@@ -190,6 +196,30 @@ def _ramp(ep: Endpoint, health: HealthView, window: float, now: float) -> float:
     return SLOW_START_MIN + (1.0 - SLOW_START_MIN) * max(0.0, now - since) / window
 
 
+def service_settings(settings: BalancingConfig, service: ServiceKey) -> BalancingConfig:
+    """``settings`` with the per-service overrides of ``balancing.services[service]`` applied."""
+    own = settings.services.get(service)
+    if own is None:
+        return settings
+    changes = {
+        name: getattr(own, name)
+        for name in ("panic_threshold", "fail_on_panic", "local_min_healthy", "tier_ramp", "algorithm")
+        if getattr(own, name) is not None
+    }
+    return replace(settings, **changes) if changes else settings
+
+
+def _loads_now(pool: Pool, now: float, window: float) -> dict[int, float]:
+    """The tier loads ``pool`` applies at ``now`` (its ramp moved on to ``now``), by rank."""
+    if pool.ramp_since is None:
+        return {t.rank: float(t.load) for t in pool.tiers}
+    old = dict(pool.ramp_from)
+    ranks = [r for r, _ in pool.target]
+    live = [t.healthy_count > 0 for t in pool.tiers]
+    mid = ramp_loads([old.get(r, 0.0) for r in ranks], [n for _, n in pool.target], pool.ramp_since, now, window, live)
+    return dict(zip(ranks, map(float, mid), strict=True))
+
+
 def build_pool(
     spec: PoolSpec,
     catalog: Catalog,
@@ -205,8 +235,11 @@ def build_pool(
     ``previous``: the pool this one replaces (same spec); its active counts and circuit breaker carry over.
     Linear in the endpoints (hash tables are memoized per endpoint set).
     """
+    settings = service_settings(settings, spec.service)
     load = previous.load if previous is not None else Load()
-    breaker = previous.breaker if previous is not None else CircuitBreaker(Limits.from_config(settings))
+    limits = Limits.from_config(settings)
+    breaker = previous.breaker if previous is not None else CircuitBreaker(limits)
+    breaker.limits = limits  # a reload may change them; the in-flight counts stay
     rng = random.Random(seed)
     svc = catalog.services.get(spec.service)
     if svc is None:
@@ -268,12 +301,36 @@ def build_pool(
             )
         )
         tier_members.append(by_rank[rank])
+    # "Prefer local" with a minimum healthy share: the local tier keeps everything down to local_min_healthy %
+    # healthy, then spills in proportion (an overprovisioning factor of its own: 100 / local_min_healthy).
+    min_local = settings.local_min_healthy
+    ops = [100.0 / min_local if t.rank == 0 and min_local > 0 else op for t in tiers]
     loads, panics = priority_loads(
         [(t.healthy_count, len(t.endpoints)) for t in tiers],
-        op,
+        ops,
         settings.panic_threshold,
         [t.capacity for t in tiers],
     )
+    target = tuple((t.rank, n) for t, n in zip(tiers, loads, strict=True))
+    ramp_from: tuple[tuple[int, float], ...] = ()
+    ramp_since: float | None = None
+    tier_window = settings.tier_ramp
+    if tier_window > 0 and previous is not None and previous.tiers:
+        if previous.target == target and previous.ramp_since is not None:
+            ramp_from, ramp_since = previous.ramp_from, previous.ramp_since  # the same move, further on
+        elif previous.target != target and [r for r, _ in previous.target] == [r for r, _ in target]:
+            # Health moved the split: ramp from what applies now. Tiers appearing or going (members joining,
+            # leaving, first sync) jump: only a health change of the same tiers ramps.
+            ramp_from, ramp_since = tuple(_loads_now(previous, now, tier_window).items()), now
+        if ramp_since is not None:
+            old = dict(ramp_from)
+            live = [t.healthy_count > 0 for t in tiers]
+            ramped = ramp_loads([old.get(t.rank, 0.0) for t in tiers], loads, ramp_since, now, tier_window, live)
+            if ramped == loads:
+                ramp_from, ramp_since = (), None
+            else:
+                loads = ramped
+                ramp_ends.append(min(ramp_since + tier_window, now + tier_window / SLOW_START_STEPS))
     options = PickerOptions(
         hash_algorithm=settings.hash_algorithm,
         table_size=settings.maglev_table_size,
@@ -281,8 +338,10 @@ def build_pool(
     )
     picker_cls = PICKERS.get(spec.algorithm, PICKERS["round_robin"])
     cluster_tier: dict[str, int] = {}
+    ramps: dict[Endpoint, float] = {}
     for ti, (t, load_pct, panic, group) in enumerate(zip(tiers, loads, panics, tier_members, strict=True)):
-        t.load, t.panic, t.health = load_pct, panic, tier_health(t.healthy_count, len(t.endpoints), op)
+        t.load, t.panic = load_pct, panic
+        t.health = tier_health(t.healthy_count, len(t.endpoints), ops[ti])
         weights: list[float] = []
         table_weights: list[float] = []
         eligible: list[bool] = []
@@ -301,7 +360,8 @@ def build_pool(
                 ok = panic or t.healthy[k + j]
                 ramp = _ramp(ep, health, window, now)
                 if ramp < 1.0:
-                    ramp_ends.append(health.since[ep] + window)
+                    ramp_ends.append(min(health.since[ep] + window, now + window / SLOW_START_STEPS))
+                    ramps[ep] = ramp
                 weights.append(per_ep * ramp if ok else 0.0)
                 table_weights.append(base)
                 eligible.append(ok)
@@ -324,7 +384,7 @@ def build_pool(
     for t in tiers:
         acc += t.load
         cum.append(acc)
-    refresh_at = min(min(ramp_ends), now + window / SLOW_START_STEPS) if ramp_ends else None
+    refresh_at = min(ramp_ends) if ramp_ends else None
     return Pool(
         spec,
         tuple(tiers),
@@ -337,4 +397,8 @@ def build_pool(
         failed,
         tuple(cum),
         cluster_tier,
+        target,
+        ramp_from,
+        ramp_since,
+        ramps,
     )

@@ -11,19 +11,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from ..catalog import Catalog
-from ..config import Config, HashConfig, HttpRoute, TcpListener
-from ..model import empty_map
+from ..config import Algorithm, Config, HashConfig, HttpRoute, TcpListener
+from ..model import ServiceKey, empty_map
 from .pool import NO_HEALTH, NO_OVERRIDES, HealthView, Overrides, Pool, PoolSpec, build_pool
+
+
+def _algorithm(config: Config, service: ServiceKey) -> Algorithm:
+    own = config.balancing.services.get(service)
+    if own is not None and own.algorithm is not None:
+        return own.algorithm
+    return config.balancing.algorithm
 
 
 def route_spec(route: HttpRoute, config: Config) -> PoolSpec:
     """The pool an HTTP route balances over (a route hash config makes it a hash pool)."""
-    algorithm = "hash" if route.hash is not None else config.balancing.algorithm
+    own = config.balancing.services.get(route.service)
+    algorithm = "hash" if route.hash is not None else _algorithm(config, route.service)
+    weights = route.clusters or (own.clusters if own is not None else {})
     return PoolSpec(
         service=route.service,
         port=route.service_port,
         backend=route.backend,
-        cluster_weights=tuple(sorted(route.clusters.items())),
+        cluster_weights=tuple(sorted(weights.items())),
         algorithm=algorithm,
         hash=route.hash or (config.balancing.hash if algorithm == "hash" else None),
     )
@@ -31,13 +40,15 @@ def route_spec(route: HttpRoute, config: Config) -> PoolSpec:
 
 def tcp_spec(listener: TcpListener, config: Config) -> PoolSpec:
     """The pool a TCP listener balances over."""
-    algorithm = "hash" if listener.hash_source_ip else config.balancing.algorithm
+    own = config.balancing.services.get(listener.service)
+    algorithm = "hash" if listener.hash_source_ip else _algorithm(config, listener.service)
     # A TCP listener can only hash on the source IP: there are no headers or cookies at L4.
     hash_cfg = HashConfig(on="source_ip") if algorithm == "hash" else None
     return PoolSpec(
         service=listener.service,
         port=listener.service_port,
         backend=listener.backend,
+        cluster_weights=tuple(sorted(own.clusters.items())) if own is not None else (),
         algorithm=algorithm,
         hash=hash_cfg,
     )

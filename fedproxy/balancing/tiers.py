@@ -104,17 +104,19 @@ def spill(amount: float, caps: Sequence[float], capacities: Sequence[float]) -> 
 
 def priority_loads(
     tiers: Sequence[tuple[int, int]],
-    overprovisioning: float = 1.4,
+    overprovisioning: float | Sequence[float] = 1.4,
     panic_threshold: float = 50.0,
     capacities: Sequence[float] | None = None,
 ) -> tuple[list[int], list[bool]]:
     """(healthy, total) per tier, in order -> (percent load per tier summing to 100, panic flag per tier).
 
-    ``capacities``: per tier, what spill is shared by (default: the healthy counts). See the module docstring.
+    ``capacities``: per tier, what spill is shared by (default: the healthy counts). ``overprovisioning``: one
+    factor, or one per tier (``local_min_healthy`` gives the local tier its own). See the module docstring.
     """
     if not tiers:
         return [], []
-    health = [tier_health(h, t, overprovisioning) for h, t in tiers]
+    ops = [overprovisioning] * len(tiers) if isinstance(overprovisioning, int | float) else list(overprovisioning)
+    health = [tier_health(h, t, op) for (h, t), op in zip(tiers, ops, strict=True)]
     total = sum(health)
     if total <= 0:
         counts = [float(t) for _, t in tiers]
@@ -134,3 +136,26 @@ def priority_loads(
         loads[j] = share
     panics = [t > 0 and 100.0 * h / t < panic_threshold and total < 100.0 for h, t in tiers]
     return largest_remainder(loads), panics
+
+
+def ramp_loads(
+    old: Sequence[float], new: Sequence[int], since: float, now: float, window: float, live: Sequence[bool]
+) -> list[int]:
+    """Tier loads ``now - since`` s into a ``window`` s move from ``old`` to ``new`` (same tiers, in order).
+
+    Failover and fail-back ramp ("slow start across tiers", beyond Envoy, which jumps): each tier's load moves
+    linearly from old to new. A tier that is not ``live`` (no healthy endpoint) takes its new load at once, so a
+    dead tier never keeps traffic; the live tiers share what is left in proportion to their interpolated loads
+    (old loads of tiers that are gone are spread that way too). Integer percents summing to 100; ``new`` once
+    the window is over, and ``new`` when the live tiers had no old load (nothing to ramp from).
+    """
+    if window <= 0 or now - since >= window or not new:
+        return list(new)
+    f = max(0.0, now - since) / window
+    fixed = sum(n for n, ok in zip(new, live, strict=True) if not ok)
+    mid = [o + (n - o) * f if ok else 0.0 for o, n, ok in zip(old, new, live, strict=True)]
+    total = sum(mid)
+    if total <= 1e-9:
+        return list(new)
+    share = (100.0 - fixed) / total
+    return largest_remainder([m * share if ok else float(n) for m, n, ok in zip(mid, new, live, strict=True)])

@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from ..balancing import Overrides, Pool
+from ..balancing.metrics import PoolCollector
 from ..configload import config_hash, mask_secrets
 from ..model import ServiceKey
 from .metrics import CONTENT_TYPE, RuntimeCollector, discovery_statuses, render
@@ -65,6 +66,7 @@ class AdminServer:
         self.overrides: OverridesStore = make_store(runtime)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(RuntimeCollector(runtime, self.config_hash, runtime.clock))
+        self.registry.register(PoolCollector(runtime.get_state))  # slow-start and tier-ramp gauges
         self._runner: web.AppRunner | None = None
         self._hash_of: tuple[object, str] = (None, "")
 

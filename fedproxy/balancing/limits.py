@@ -7,7 +7,9 @@ is paired with one ``release(kind)``. A pool rebuilt from a new serving state ta
 breaker (see ``build_pool(previous=...)``), so the counts survive catalog changes.
 
 ``RetryBudget`` (Envoy retry_budget): at most ``percent`` % of active + pending requests may be retries, but a
-floor of ``min_concurrency`` retries is always allowed so quiet pools can still retry.
+floor of ``min_concurrency`` retries is always allowed so quiet pools can still retry. As in Envoy, a
+configured budget replaces the ``max_retries`` breaker (``CircuitBreaker.try_retry``); ``retry_budget_percent: 0``
+turns the budget off and ``max_retries`` back on.
 """
 
 from __future__ import annotations
@@ -77,6 +79,27 @@ class CircuitBreaker:
             self.refused[kind] += 1
             return f"circuit open: {n} {kind} (max {limit})"
         self.counts[kind] = n + 1
+        return None
+
+    def try_retry(self) -> str | None:
+        """Count one more retry in flight; None when allowed, else the limit that refused it.
+
+        With a retry budget (``retry_budget_percent`` > 0) the budget decides, over the requests and pending
+        counted here, and ``max_retries`` is not used (Envoy: a retry budget overrides max_retries); without one,
+        ``max_retries`` does. Returns "retry_budget" or "max_retries"; pair an allowed one with
+        ``release("retries")``.
+        """
+        lim = self.limits
+        n = self.counts["retries"]
+        if lim.retry_budget_percent > 0:
+            budget = RetryBudget.from_limits(lim)
+            if not budget.can_retry(self.counts["requests"], self.counts["pending"], n):
+                self.refused["retries"] += 1
+                return "retry_budget"
+        elif 0 < lim.max_retries <= n:
+            self.refused["retries"] += 1
+            return "max_retries"
+        self.counts["retries"] = n + 1
         return None
 
     def release(self, kind: LimitKind) -> None:

@@ -41,6 +41,7 @@ from prometheus_client import Counter, Gauge
 
 from ..aio import TaskOwner
 from ..balancing import Pool, PoolSpec, ServingState, tcp_spec
+from ..balancing.metrics import count_budget_exhausted, count_rejection
 from ..config import Config, TcpListener
 from ..model import Endpoint
 from ..tls.clienthello import ClientHello, HelloError, Incomplete, parse_client_hello
@@ -86,6 +87,14 @@ def _child(metric: Any, *labels: str) -> Any:
     if child is None:
         child = _children[key] = metric.labels(*labels)
     return child
+
+
+def _count_retry_refusal(service: str, limit: str) -> None:
+    """A connect retry the pool's budget (or max_retries breaker) refused."""
+    if limit == "retry_budget":
+        count_budget_exhausted(service)
+    else:
+        count_rejection(service, limit)
 
 
 def source_hash(address: str) -> int:
@@ -189,6 +198,7 @@ class _Client(asyncio.Protocol):
         "admitted",
         "early",
         "hello",
+        "retrying",
     )
 
     def __init__(self, settings: _Settings) -> None:
@@ -213,6 +223,7 @@ class _Client(asyncio.Protocol):
         # the accept even though reading is paused in connection_made. Bounded by one read.
         self.early: bytes = b""
         self.hello: asyncio.Future[ClientHello | HelloError] | None = None  # passthrough listeners only
+        self.retrying = False  # holds one of the pool's retry slots (a connect retry in progress)
 
     # Protocol interface
 
@@ -330,8 +341,10 @@ class _Client(asyncio.Protocol):
         _close(self.transport, how)
         if self.upstream is not None:
             _close(self.upstream.transport, how)
-        if self.pool is not None and self.ep is not None:
-            self.pool.finished(self.ep)
+        if self.pool is not None:
+            self.pool.breaker.release("connections")  # conn.pool is only set once the slot was acquired
+            if self.ep is not None:
+                self.pool.finished(self.ep)
         self.s.server.finished(self)
 
 
@@ -473,14 +486,38 @@ class TcpProxyServer:
             if found is None:
                 return
             spec = s.sni.lookup(found.server_name) or spec
-        pool = conn.pool = self._get_state().pool(spec)
+        pool = self._get_state().pool(spec)
+        if (refused := pool.breaker.try_acquire("connections")) is not None:
+            count_rejection(str(spec.service), "max_connections")
+            log.warning("event=tcp_circuit_open listener=%s service=%s reason=%r", s.name, spec.service, refused)
+            conn.finish("circuit_open")
+            return
+        conn.pool = pool
         key = source_hash(conn.peer[0]) if lst.hash_source_ip and conn.peer else None
+        try:
+            await self._attempts(conn, pool, spec, key)
+        finally:
+            if conn.retrying:
+                conn.retrying = False
+                pool.breaker.release("retries")
+
+    async def _attempts(self, conn: _Client, pool: Pool, spec: PoolSpec, key: int | None) -> None:
+        s = conn.s
+        lst = s.listener
         loop = asyncio.get_running_loop()
         tried: list[Endpoint] = []
         failed: dict[str, int] = {}  # member -> failed attempts in this connection
         down: set[str] = set()  # members that look down: prefer the others
         last_error = ""
-        for _ in range(max(1, lst.connect_attempts)):
+        for attempt in range(max(1, lst.connect_attempts)):
+            if conn.retrying:
+                pool.breaker.release("retries")  # the retry before this one is over
+                conn.retrying = False
+            if attempt:  # a connect retry: within the pool's retry budget only
+                if (limit := pool.breaker.try_retry()) is not None:
+                    _count_retry_refusal(str(spec.service), limit)
+                    break
+                conn.retrying = True
             ep = None
             if down:
                 avoid = [e for e in pool.endpoints if e.cluster in down]

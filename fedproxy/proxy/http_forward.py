@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..balancing import Pool
+from ..balancing.metrics import count_budget_exhausted, count_rejection
 from ..model import Endpoint
 from . import http_head, http_log
 from .http_request import Request, backoff, may_retry, retry_kind
@@ -106,7 +107,9 @@ async def forward(server: HttpProxyServer, client: HttpProxyProtocol, req: Reque
     """Serve ``req`` end to end; never raises (a failure becomes a response or a closed connection)."""
     route: Route | None = None
     ep: Endpoint | None = None
+    pool: Pool | None = None
     retries = 0
+    retrying = False  # holds one of the pool's retry slots
     try:
         cookies = http_head.parse_cookies(req.cookie) if (req.cookie and server.router.needs_cookies) else None
         route = server.router.match(req.host, req.path, req.match_headers, cookies)
@@ -119,7 +122,13 @@ async def forward(server: HttpProxyServer, client: HttpProxyProtocol, req: Reque
                 f"no route for host {req.host.decode('latin-1')!r} path {req.path.decode('latin-1')!r}",
             )
             return
-        pool = server.get_state().pool(route.spec)
+        state_pool = server.get_state().pool(route.spec)
+        service = str(route.spec.service)
+        if (refused := state_pool.breaker.try_acquire("requests")) is not None:
+            count_rejection(service, "max_requests")
+            _fail(server, client, req, 503, f"circuit breaker: {refused}", route, limit="max_requests")
+            return
+        pool = state_pool  # from here on the request holds a "requests" slot, released in finally
         pinned = req.match_headers.get(route.pin_header) or None
         if pinned is not None and pinned not in pool.clusters:
             _fail(server, client, req, 503, f"cluster {pinned!r} has no endpoint for {route.spec.service}", route)
@@ -148,12 +157,28 @@ async def forward(server: HttpProxyServer, client: HttpProxyProtocol, req: Reque
                 return
             tried.append(ep)
             outcome, status, sent = await _attempt(server, client, req, route, pool, ep, deadline)
+            if retrying:
+                retrying = False
+                pool.breaker.release("retries")
             if outcome == "done":
+                return
+            if outcome == "max_pending":
+                _fail(server, client, req, 503, f"circuit breaker: pending requests for {service} at the limit",
+                      route, limit="max_pending")  # fmt: skip
                 return
             kinds = retry_kind("" if outcome == "status" else outcome, status)
             if client.up is not None and outcome != "status":
                 _drop_upstream(client)
-            if outcome != "timeout" and may_retry(req, policy, retries, kinds, sent) and not client.closing:
+            retry = outcome != "timeout" and may_retry(req, policy, retries, kinds, sent) and not client.closing
+            if retry and (limit := pool.breaker.try_retry()) is not None:
+                retry = False  # over the pool's retry budget: answer with this attempt's outcome (Envoy)
+                if limit == "retry_budget":
+                    count_budget_exhausted(service)
+                else:
+                    count_rejection(service, limit)
+                log.info("event=http_retry_refused service=%s limit=%s", service, limit)
+            if retry:
+                retrying = True
                 if client.up is not None:  # a held 5xx we retry instead of passing on
                     _drop_upstream(client)
                 retries += 1
@@ -185,6 +210,10 @@ async def forward(server: HttpProxyServer, client: HttpProxyProtocol, req: Reque
         else:
             client.finish(req, False)
     finally:
+        if pool is not None:
+            pool.breaker.release("requests")
+            if retrying:
+                pool.breaker.release("retries")
         _access(server, client, req, route, ep, retries)
 
 
@@ -201,6 +230,10 @@ async def _attempt(
     "status" with a held 5xx, or a failure name ("refused", "connect-failure", "reset", "timeout", "client")."""
     timeouts = route.config.timeouts
     loop = client.loop
+    breaker = pool.breaker
+    if breaker.try_acquire("pending") is not None:  # waiting for an upstream connection counts as pending
+        count_rejection(str(route.spec.service), "max_pending")
+        return "max_pending", 0, False
     pool.started(ep)
     try:
         try:
@@ -213,6 +246,8 @@ async def _attempt(
         except (OSError, TimeoutError):
             server.report(ep, False)
             return "connect-failure", 0, False
+        finally:
+            breaker.release("pending")
         if client.closing:
             server.upstreams.release(up, 0)
             return "client", 0, False
@@ -361,8 +396,11 @@ def _fail(
     reason: str,
     route: Route | None = None,
     ep: Endpoint | None = None,
+    limit: str = "",
 ) -> None:
-    """Answer with the proxy's own error response (the one place errors become responses)."""
+    """Answer with the proxy's own error response (the one place errors become responses).
+
+    ``limit``: the circuit-breaker limit that refused the request, sent as ``x-fedproxy-reason``."""
     _drop_upstream(client)
     req.status = status
     service = str(route.spec.service) if route else "-"
@@ -375,6 +413,9 @@ def _fail(
     req.keep_alive = keep
     req.committed = True
     body = http_head.error_response(status, reason, request_id=req.request_id, keep_alive=keep)
+    if limit:  # after the status line: clients and tests tell a breaker's 503 from a no-endpoint 503
+        line_end = body.index(b"\r\n") + 2
+        body = body[:line_end] + b"x-fedproxy-reason: circuit-breaker %b\r\n" % limit.encode() + body[line_end:]
     req.bytes_out += len(body)
     client.write(body)
     client.finish(req, keep)

@@ -88,8 +88,11 @@ def ensure(program: str) -> str | None:
     return which(program)
 
 
+_CPUS = len(os.sched_getaffinity(0))  # read at import: the harness later pins itself to one core
+
+
 def cpu_count() -> int:
-    return len(os.sched_getaffinity(0))
+    return _CPUS
 
 
 def pinned(cmd: list[str], core: int | None) -> list[str]:

@@ -41,7 +41,7 @@ from prometheus_client import Counter, Gauge
 
 from ..aio import TaskOwner
 from ..balancing import Pool, PoolSpec, ServingState, tcp_spec
-from ..balancing.metrics import count_budget_exhausted, count_rejection
+from ..balancing.metrics import count_rejection
 from ..config import Config, TcpListener
 from ..model import Endpoint
 from ..tls.clienthello import ClientHello, HelloError, Incomplete, parse_client_hello
@@ -87,14 +87,6 @@ def _child(metric: Any, *labels: str) -> Any:
     if child is None:
         child = _children[key] = metric.labels(*labels)
     return child
-
-
-def _count_retry_refusal(service: str, limit: str) -> None:
-    """A connect retry the pool's budget (or max_retries breaker) refused."""
-    if limit == "retry_budget":
-        count_budget_exhausted(service)
-    else:
-        count_rejection(service, limit)
 
 
 def source_hash(address: str) -> int:
@@ -198,7 +190,6 @@ class _Client(asyncio.Protocol):
         "admitted",
         "early",
         "hello",
-        "retrying",
     )
 
     def __init__(self, settings: _Settings) -> None:
@@ -223,7 +214,6 @@ class _Client(asyncio.Protocol):
         # the accept even though reading is paused in connection_made. Bounded by one read.
         self.early: bytes = b""
         self.hello: asyncio.Future[ClientHello | HelloError] | None = None  # passthrough listeners only
-        self.retrying = False  # holds one of the pool's retry slots (a connect retry in progress)
 
     # Protocol interface
 
@@ -494,14 +484,12 @@ class TcpProxyServer:
             return
         conn.pool = pool
         key = source_hash(conn.peer[0]) if lst.hash_source_ip and conn.peer else None
-        try:
-            await self._attempts(conn, pool, spec, key)
-        finally:
-            if conn.retrying:
-                conn.retrying = False
-                pool.breaker.release("retries")
+        await self._attempts(conn, pool, spec, key)
 
     async def _attempts(self, conn: _Client, pool: Pool, spec: PoolSpec, key: int | None) -> None:
+        # Connect retries are not held to the retry budget (as Envoy's tcp_proxy): a refused connect sends no
+        # byte, so retrying it elsewhere adds no load a client would not bring anyway, and a pod dying under a
+        # few clients must not close them (tests/reliability/test_backend_faults.py).
         s = conn.s
         lst = s.listener
         loop = asyncio.get_running_loop()
@@ -509,15 +497,7 @@ class TcpProxyServer:
         failed: dict[str, int] = {}  # member -> failed attempts in this connection
         down: set[str] = set()  # members that look down: prefer the others
         last_error = ""
-        for attempt in range(max(1, lst.connect_attempts)):
-            if conn.retrying:
-                pool.breaker.release("retries")  # the retry before this one is over
-                conn.retrying = False
-            if attempt:  # a connect retry: within the pool's retry budget only
-                if (limit := pool.breaker.try_retry()) is not None:
-                    _count_retry_refusal(str(spec.service), limit)
-                    break
-                conn.retrying = True
+        for _ in range(max(1, lst.connect_attempts)):
             ep = None
             if down:
                 avoid = [e for e in pool.endpoints if e.cluster in down]

@@ -57,6 +57,11 @@ def explain(pool: Pool, key: int | None = None) -> dict[str, Any]:
         "cluster_reasons": dict(sorted(pool.cluster_reasons.items())),
         "breaker": pool.breaker.state(),
         "refresh_at": pool.refresh_at,
+        # Failover / fail-back ramp in progress: tier loads move from "from" to "target" (by tier rank).
+        "tier_ramp": None
+        if pool.ramp_since is None
+        else {"since": pool.ramp_since, "from": dict(pool.ramp_from), "target": dict(pool.target)},
+        "slow_start": {str(ep): round(r, 4) for ep, r in sorted(pool.ramps.items(), key=lambda kv: str(kv[0]))},
     }
     if key is None:
         return out

@@ -21,6 +21,13 @@ admin override), n_c endpoints of which h_c healthy, and degradation d_c = min(1
   ramp is fixed at build time; ``Pool.refresh_at`` says when the runtime should rebuild to move it on.
 - consistent-hash tables use the weights without health or slow start, so keys only move when endpoints do.
 
+Tier ramp (``balancing.tier_ramp`` s, beyond Envoy): when health moves the priority loads, the pool rebuilt with
+``previous`` keeps the old split and moves to the new one linearly over the window (failover and fail-back);
+``target`` holds the split health asks for, ``ramp_from``/``ramp_since`` the move in progress. A tier with no
+healthy endpoint drops out at once; tiers appearing or leaving jump (:func:`.tiers.ramp_loads`).
+``local_min_healthy`` gives the local tier its own overprovisioning factor, ``100 / local_min_healthy``.
+Per-service overrides (``balancing.services``) are applied first (:func:`service_settings`).
+
 The tier for a pick comes from a roll against the cumulative loads: a seeded random roll, or for hash pools
 the key itself (so a key keeps its tier as well as its endpoint). When the rolled tier has nothing left (all
 excluded), the following tiers are tried in order, then the preceding ones (retry redispatch).

@@ -26,6 +26,9 @@ So a tier gets exactly its capacity share ``S x c_j / sum c`` unless that exceed
 the excess go to the others, again by capacity: no small tier ever gets more than its capacity share while
 another tier still has room. ``sum scaled_j >= S`` always holds, so all traffic is placed. Real-valued loads
 become integer percents summing to exactly 100 by the largest-remainder method (ties to the nearer tier).
+
+Tier ramp (``ramp_loads``): a change of these loads is applied gradually, from the old split to the new one
+over a window, except that a tier left with no healthy endpoint drops to its new load at once.
 """
 
 from __future__ import annotations

@@ -281,8 +281,8 @@ def build_pool(
     all_eps = [ep for m in members for ep in m[3]]
     down = _capped_unhealthy(all_eps, health, settings.outlier.max_ejection_percent)
     by_rank: dict[int, list[tuple[str, float, tuple[Endpoint, ...], float]]] = {}
-    for rank, name, weight, eps, capacity in members:
-        by_rank.setdefault(rank, []).append((name, weight, eps, capacity))
+    for rank, name, member_weight, eps, capacity in members:
+        by_rank.setdefault(rank, []).append((name, member_weight, eps, capacity))
     op = settings.overprovisioning
     window = settings.slow_start
     ramp_ends: list[float] = []
@@ -293,10 +293,10 @@ def build_pool(
         healthy_t: list[bool] = []
         cap_t = 0.0
         for _name, _weight, eps, capacity in by_rank[rank]:
-            ok = [ep not in down for ep in eps]
+            up = [ep not in down for ep in eps]
             eps_t.extend(eps)
-            healthy_t.extend(ok)
-            cap_t += capacity if capacity >= 0 else sum(ok)
+            healthy_t.extend(up)
+            cap_t += capacity if capacity >= 0 else sum(up)
         tiers.append(
             Tier(
                 rank,
@@ -353,7 +353,7 @@ def build_pool(
         table_weights: list[float] = []
         eligible: list[bool] = []
         k = 0
-        for name, weight, eps, _cap in group:
+        for name, tier_weight, eps, _cap in group:
             cluster_tier[name] = ti
             n = len(eps)
             h = sum(t.healthy[k : k + n])
@@ -361,8 +361,8 @@ def build_pool(
                 h, degrade = n, 1.0
             else:
                 degrade = min(1.0, op * h / n)
-            per_ep = weight * degrade / h if route_weights and h else weight * degrade
-            base = weight / n if route_weights else weight
+            per_ep = tier_weight * degrade / h if route_weights and h else tier_weight * degrade
+            base = tier_weight / n if route_weights else tier_weight
             for j, ep in enumerate(eps):
                 ok = panic or t.healthy[k + j]
                 ramp = _ramp(ep, health, window, now)

@@ -275,7 +275,9 @@ class Runtime:
         except ConfigError as exc:
             self.reloads_failed += 1
             self.last_reload_error = exc.problems
-            log.warning("event=reload_rejected problems=%d first=%r", len(exc.problems), exc.problems[:1])
+            # Key paths only: a problem's text may quote a value from the file, and values can be secrets.
+            keys = ",".join(p.split(":", 1)[0] for p in exc.problems)
+            log.warning("event=reload_rejected problems=%d keys=%s", len(exc.problems), keys)
             return ReloadResult(False, problems=exc.problems)
         except OSError as exc:
             self.reloads_failed += 1

@@ -126,6 +126,16 @@ class KindWatcher:
                         reason = "resync"
                     if await self._watch(w):
                         attempt = 0
+                        continue
+                    # Answered but closed at once with nothing delivered: reopening at once would hammer a
+                    # misbehaving member in a tight loop, so this backs off like a failure (not counted as one:
+                    # the server did answer).
+                    attempt += 1
+                    delay = backoff_delay(attempt, self.state.settings.backoff_base, self.state.settings.backoff_max)
+                    log.info(
+                        "event=watch_closed_early cluster=%s kind=%s retry_in=%.2f", self.state.name, self.kind, delay
+                    )
+                    await asyncio.sleep(delay)
                     continue
                 except asyncio.CancelledError:
                     raise
@@ -174,11 +184,18 @@ class KindWatcher:
             if parsed is not None:
                 objects[parsed[0]] = parsed[1]
         rv = str((data.get("metadata") or {}).get("resourceVersion") or "")
+        if not rv:
+            # Without a version there is nothing to watch from, and the loop would relist at once, forever:
+            # an error, so the member gets the normal backoff (and the objects are not trusted).
+            raise ValueError("list response has no metadata.resourceVersion")
         self.state.listed(self.kind, objects, rv, reason)
 
     async def _watch(self, w: watch.Watch) -> bool:
-        """Watch until the stream ends; True when it delivered anything (resets the backoff)."""
+        """Watch until the stream ends; True when it was healthy: it delivered events or stayed open longer than
+        ``backoff_base`` (the loop then reopens at once and resets the backoff). False for a watch that was
+        answered but closed at once, empty (the loop backs off)."""
         opened = False
+        started = asyncio.get_running_loop().time()
 
         async def call(**kwargs: Any) -> aiohttp.ClientResponse:
             # No docstring on purpose: kubernetes_asyncio then keeps events as raw dicts (no model classes).
@@ -209,12 +226,13 @@ class KindWatcher:
                 raise
             # A quiet stream past the read timeout: reopen at once; if the server hung, that reopen fails.
             self.state.suspect(self.kind)
-            return delivered
+            return True  # it stayed open for a whole read timeout
         finally:
             if w.resp is not None:
                 w.resp.release()
                 w.resp = None
-        return delivered or opened
+        lasted = asyncio.get_running_loop().time() - started
+        return delivered or (opened and lasted > self.state.settings.backoff_base)
 
     def _on_event(self, event: Mapping[str, Any]) -> None:
         etype = str(event.get("type") or "")

@@ -10,6 +10,10 @@ lifecycle (AppRunner + TCPSite, never `web.run_app`), authentication and the fau
   or partitioned server); `hang(False)` lets stalled requests proceed.
 - `expire_resource_versions()`: compaction; a watch from any earlier resourceVersion gets 410.
 - `fail_requests(n, status)`: the next n requests get a Status error.
+- `omit_list_resource_version(True)`: list responses lack `metadata.resourceVersion` (a broken server).
+- `limit_watches(seconds)`: every watch ends after at most that long (0: answered, then closed at once).
+- `FakeApiServer(..., crds=False)`: a member without CRDs; ServiceExport, ServiceImport and Karmada
+  Cluster requests answer 404 and those groups are missing from the discovery documents.
 
 Only loopback addresses are accepted for binding: the emulator must never be reachable from outside.
 """
@@ -26,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fedproxy.sim.http_api import ApiHandler, status_response
+from fedproxy.sim.http_api import ApiHandler, Quirks, status_response
 from fedproxy.sim.pki import CertificateAuthority, KeyPair, server_ssl_context
 from fedproxy.sim.resources import resource_for_kind, resource_named
 from fedproxy.sim.store import ObjectStore
@@ -59,6 +63,7 @@ class FakeApiServer:
         client_cert_auth: bool = False,
         bookmark_interval: float = DEFAULT_BOOKMARK_INTERVAL,
         store: ObjectStore | None = None,
+        crds: bool = True,
     ) -> None:
         require_loopback(host)
         self.name = name
@@ -68,6 +73,7 @@ class FakeApiServer:
         self.store = store or ObjectStore()
         self.bookmark_interval = bookmark_interval
         self.requests_served = 0
+        self.quirks = Quirks(crds=crds)
         self.ca: CertificateAuthority | None = None
         self._ssl: ssl.SSLContext | None = None
         if tls or client_cert_auth:
@@ -113,7 +119,7 @@ class FakeApiServer:
         if self._runner is not None:
             return
         app = web.Application(middlewares=[self._faults, self._auth])
-        handler = ApiHandler(self.store, self._hub, lambda: self.bookmark_interval, self._gate)
+        handler = ApiHandler(self.store, self._hub, lambda: self.bookmark_interval, self._gate, self.quirks)
         app.router.add_route("*", "/{tail:.*}", handler.handle)
         # handler_cancellation: a client that goes away cancels its watch at once instead of at the
         # next write, so stop() never waits on forgotten streams.
@@ -180,6 +186,14 @@ class FakeApiServer:
     def fail_requests(self, n: int, status: int = 500) -> None:
         """The next `n` requests (any path, before auth) are answered with a `status` Status."""
         self._fail_budget, self._fail_status = n, status
+
+    def omit_list_resource_version(self, on: bool = True) -> None:
+        """While on, list responses carry no `metadata.resourceVersion`."""
+        self.quirks.list_resource_version = not on
+
+    def limit_watches(self, seconds: float | None) -> None:
+        """Every watch opened from now on ends after at most `seconds` (None: as the client asks)."""
+        self.quirks.max_watch_seconds = seconds
 
     async def _gate(self) -> None:
         await self._unhung.wait()

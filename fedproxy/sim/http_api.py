@@ -87,10 +87,10 @@ def resolve(group: str, version: str, rest: list[str]) -> Target | None:
     return Target(res, ns, name, sub)
 
 
-def _resource_list(group: str, version: str) -> dict[str, Any]:
+def _resource_list(group: str, version: str, served: list[Resource]) -> dict[str, Any]:
     gv = f"{group}/{version}" if group else version
     out: list[dict[str, Any]] = []
-    for r in rs.resources_in(group, version):
+    for r in served:
         entry = {
             "name": r.plural,
             "singularName": r.kind.lower(),
@@ -113,12 +113,27 @@ def _resource_list(group: str, version: str) -> dict[str, Any]:
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}
 
 
-def _group_list() -> dict[str, Any]:
+def _group_list(quirks: Quirks) -> dict[str, Any]:
     groups = []
     for name, versions in rs.group_versions().items():
+        versions = [v for v in versions if any(quirks.serves(r) for r in rs.resources_in(name, v))]
+        if not versions:
+            continue
         vs = [{"groupVersion": f"{name}/{v}", "version": v} for v in versions]
         groups.append({"name": name, "versions": vs, "preferredVersion": vs[0]})
     return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+
+
+@dataclass
+class Quirks:
+    """How this server departs from a complete, well-behaved one; read on every request, so tests flip them live."""
+
+    crds: bool = True  # False: no CustomResourceDefinitions installed (CRD resources answer 404, as on a bare cluster)
+    list_resource_version: bool = True  # False: list responses lack metadata.resourceVersion (a broken server)
+    max_watch_seconds: float | None = None  # caps every watch's timeoutSeconds; 0 closes each watch at once
+
+    def serves(self, resource: Resource) -> bool:
+        return self.crds or not resource.crd
 
 
 def _flag(value: str | None) -> bool:
@@ -134,11 +149,13 @@ class ApiHandler:
         hub: WatchHub,
         bookmark_interval: Callable[[], float],
         gate: Callable[[], Awaitable[None]],
+        quirks: Quirks | None = None,
     ) -> None:
         self._store = store
         self._hub = hub
         self._bookmark_interval = bookmark_interval
         self._gate = gate
+        self._quirks = quirks or Quirks()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
@@ -147,14 +164,15 @@ class ApiHandler:
         if path == "/api":
             return web.json_response({"kind": "APIVersions", "versions": ["v1"]})
         if path == "/apis":
-            return web.json_response(_group_list())
+            return web.json_response(_group_list(self._quirks))
         parsed = parse_path(path)
         if parsed is not None and not parsed[2]:
             group, version, _ = parsed
-            if rs.resources_in(group, version):
-                return web.json_response(_resource_list(group, version))
+            served = [r for r in rs.resources_in(group, version) if self._quirks.serves(r)]
+            if served:
+                return web.json_response(_resource_list(group, version, served))
         target = resolve(*parsed) if parsed else None
-        if target is None:
+        if target is None or not self._quirks.serves(target.resource):
             return status_response(404, "NotFound", "the server could not find the requested resource")
         try:
             return await self._dispatch(request, target)
@@ -232,14 +250,17 @@ class ApiHandler:
             rv = q.get("resourceVersion", "")
             if rv not in ("", "0") and not rv.isdigit():
                 raise ValueError(f"invalid resource version: {rv!r}")
-            timeout = q.get("timeoutSeconds")
+            timeout: float | None = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
+            cap = self._quirks.max_watch_seconds
+            if cap is not None:
+                timeout = cap if timeout is None else min(timeout, cap)
             watch = WatchRequest(
                 t.resource,
                 ns,
                 labels,
                 fields,
                 rv,
-                float(timeout) if timeout else None,
+                timeout,
                 _flag(q.get("allowWatchBookmarks")),
             )
             return await stream_watch(request, self._hub, self._store, watch, self._bookmark_interval(), self._gate)
@@ -253,7 +274,7 @@ class ApiHandler:
             {
                 "kind": t.resource.list_kind,
                 "apiVersion": t.resource.api_version,
-                "metadata": {"resourceVersion": str(rv)},
+                "metadata": {"resourceVersion": str(rv)} if self._quirks.list_resource_version else {},
                 "items": items,
             }
         )

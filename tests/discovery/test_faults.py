@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -208,3 +209,52 @@ async def test_disconnect_uses_configured_grace(tmp_path: Path, servers, run_dis
     assert rec.snap("east").connected
     await east.restart()
     await eventually(lambda: not rec.snap("east").error, what="error cleared")
+
+
+# A request budget far above what backoff allows in the window (about 5 attempts per kind) and far below what
+# a loop without backoff makes (hundreds per kind on loopback).
+PATIENT = DiscoveryConfig(**{**FAST.__dict__, "backoff_base": 0.2, "backoff_max": 0.5})
+WINDOW, BUDGET = 1.0, 60
+
+
+async def requests_in_window(server) -> int:
+    before = server.requests_served
+    await asyncio.sleep(WINDOW)
+    return server.requests_served - before
+
+
+async def test_list_without_resource_version_backs_off(tmp_path: Path, servers, run_discovery) -> None:
+    east = servers("east")
+    await east.start()
+    east.apply_all(member_objects())
+    east.omit_list_resource_version(True)
+    discovery, rec = await run_discovery(config_with(cluster_config(tmp_path, east), discovery=PATIENT))
+    await eventually(lambda: discovery.status()["east"]["errors"] >= 5, what="lists refused")
+    assert "resourceVersion" in discovery.status()["east"]["last_error"]
+    assert not discovery.status()["east"]["synced"]  # objects from a list that cannot be watched are not used
+    assert await requests_in_window(east) < BUDGET
+
+    east.omit_list_resource_version(False)
+    await synced(rec, "east")
+    assert rec.snap("east").connected and ("demo", "web") in rec.snap("east").services
+
+
+async def test_watch_closed_at_once_backs_off(tmp_path: Path, servers, run_discovery) -> None:
+    east = servers("east")
+    await east.start()
+    east.apply_all(member_objects())
+    discovery, rec = await run_discovery(config_with(cluster_config(tmp_path, east), discovery=PATIENT))
+    await synced(rec, "east")
+    await eventually(lambda: east.open_watches == 5, what="5 watches open")
+
+    east.limit_watches(0)  # every watch is answered, then ended at once
+    east.cut_watches()
+    await asyncio.sleep(0.3)  # the cut watches reconnect into the closing ones
+    assert await requests_in_window(east) < BUDGET
+    # Answered watches are no error: the member stays connected.
+    assert rec.snap("east").connected and not rec.snap("east").error
+
+    east.limit_watches(None)
+    await eventually(lambda: east.open_watches == 5, what="watches stay open again")
+    east.apply(slice_with("127.0.1.8"))
+    await eventually(lambda: slice_ips(rec.snap("east")) == {"127.0.1.8"}, what="event after recovery")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedproxy.catalog import build_catalog
+from fedproxy.config import ClustersetConfig, ExportConfig
 from fedproxy.model import ServiceKey
 from fedproxy.sim import objects
 
@@ -60,3 +61,35 @@ async def test_initial_list_and_endpoint_changes(tmp_path: Path, servers, run_di
     await eventually(lambda: not rec.snap("east").endpointslices, 1.0, "slice deleted")
     assert pod_addresses(rec, config) == set()
     assert discovery.status()["east"]["synced"]
+
+
+async def test_member_without_mcs_crds_exports_by_label(tmp_path: Path, servers, run_discovery) -> None:
+    """No ServiceExport/ServiceImport CRDs (404): those kinds are simply empty, and label export still works."""
+    east = servers("east", crds=False)
+    await east.start()
+    east.apply(
+        objects.service(
+            "demo", "web", cluster_ip="127.1.1.1", ports=[{"name": "http", "port": 80}], labels={"app": "web"}
+        )
+    )
+    east.apply(objects.service("demo", "other", cluster_ip="127.1.1.2", ports=[{"port": 80}]))
+    east.apply(member_objects()[1])  # the slice of demo/web
+    export = ClustersetConfig(export=ExportConfig(mode="label", selector="app=web"))
+    config = config_with(cluster_config(tmp_path, east), clusterset=export)
+    discovery, rec = await run_discovery(config)
+
+    await eventually(lambda: rec.snap("east") is not None and rec.snap("east").synced, what="synced without CRDs")
+    snap = rec.snap("east")
+    assert snap.connected and not snap.error
+    assert not snap.serviceexports and not snap.serviceimports
+    status = discovery.status()["east"]
+    assert status["errors"] == 0 and status["last_error"] == ""
+    assert {k for k, v in status["kinds"].items() if v["absent"]} == {"serviceexports", "serviceimports"}
+    catalog = build_catalog(rec.latest.values(), config)
+    assert set(catalog.services) == {ServiceKey("demo", "web")}
+    assert pod_addresses(rec, config) == {"127.0.1.1"}
+    # The other kinds keep being watched.
+    east.apply(objects.service("demo", "api", cluster_ip="127.1.1.3", ports=[{"port": 80}], labels={"app": "web"}))
+    await eventually(
+        lambda: ServiceKey("demo", "api") in build_catalog(rec.latest.values(), config).services, what="new export"
+    )

@@ -76,8 +76,11 @@ class Discovery:
 
     async def update(self, config: Config) -> None:
         """Apply a reloaded config: start, stop or restart members as it requires."""
-        self._config = config
-        await self._reconcile()
+        async with self._lock:
+            # Set under the lock: a reconcile already waiting (the Karmada task's) must not see the new config,
+            # or it would find its own task outdated and try to stop itself.
+            self._config = config
+            await self._reconcile_locked()
 
     async def close(self) -> None:
         """Stop every watch and close every client."""
@@ -100,8 +103,10 @@ class Discovery:
 
     async def apply_karmada(self, members: Mapping[str, MemberSpec]) -> None:
         """The Karmada source's current members (called by :class:`~.karmada.KarmadaSource`)."""
-        self._karmada_members = dict(members)
-        await self._reconcile()
+        async with self._lock:
+            # Under the lock: a source stopped while waiting here (its config changed) never applies its members.
+            self._karmada_members = dict(members)
+            await self._reconcile_locked()
 
     def _wanted(self) -> dict[str, MemberSpec]:
         wanted = {}
@@ -113,40 +118,44 @@ class Discovery:
 
     async def _reconcile(self) -> None:
         async with self._lock:
-            settings = self._config.discovery
-            karmada_key = (self._config.karmada, settings) if self._config.karmada is not None else None
-            if karmada_key != self._karmada_running:
-                await self._owner.stop("karmada")
-                self._karmada_running = karmada_key
-                if karmada_key is None:
-                    self._karmada_members = {}
-            wanted = self._wanted()
-            for name in list(self._members):
-                member = self._members[name]
-                spec = wanted.get(name)
-                if spec is None or spec.credentials != member.spec.credentials:
-                    await self._owner.stop(f"member:{name}")
-                    del self._members[name]
-                    if spec is None:
-                        member.state.forget_metrics()
-                    log.info("event=member_%s cluster=%s", "removed" if spec is None else "restart", name)
-            for name, spec in wanted.items():
-                member = self._members.get(name)
-                if member is None:
-                    state = MemberState(name, settings, self._dirty.set, self._clock, spec.locality, spec.ready)
-                    self._members[name] = _Member(spec, state)
-                    log.info("event=member_added cluster=%s source=%s %s", name, spec.source, spec.credentials.describe)
-                else:
-                    member.spec = spec
-                    member.state.settings = settings
-                    member.state.set_ready(spec.ready, spec.locality)
-            tasks: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {"notify": self._notifier}
-            if karmada_key is not None:
-                tasks["karmada"] = self._karmada_task
-            for name, m in self._members.items():
-                tasks[f"member:{name}"] = lambda m=m: self._run_member(m)
-            await self._owner.adjust(tasks)
-            self._dirty.set()
+            await self._reconcile_locked()
+
+    async def _reconcile_locked(self) -> None:
+        """Reconcile; the caller holds ``self._lock`` (one reconcile at a time)."""
+        settings = self._config.discovery
+        karmada_key = (self._config.karmada, settings) if self._config.karmada is not None else None
+        if karmada_key != self._karmada_running:
+            await self._owner.stop("karmada")
+            self._karmada_running = karmada_key
+            if karmada_key is None:
+                self._karmada_members = {}
+        wanted = self._wanted()
+        for name in list(self._members):
+            member = self._members[name]
+            spec = wanted.get(name)
+            if spec is None or spec.credentials != member.spec.credentials:
+                await self._owner.stop(f"member:{name}")
+                del self._members[name]
+                if spec is None:
+                    member.state.forget_metrics()
+                log.info("event=member_%s cluster=%s", "removed" if spec is None else "restart", name)
+        for name, spec in wanted.items():
+            member = self._members.get(name)
+            if member is None:
+                state = MemberState(name, settings, self._dirty.set, self._clock, spec.locality, spec.ready)
+                self._members[name] = _Member(spec, state)
+                log.info("event=member_added cluster=%s source=%s %s", name, spec.source, spec.credentials.describe)
+            else:
+                member.spec = spec
+                member.state.settings = settings
+                member.state.set_ready(spec.ready, spec.locality)
+        tasks: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {"notify": self._notifier}
+        if karmada_key is not None:
+            tasks["karmada"] = self._karmada_task
+        for name, m in self._members.items():
+            tasks[f"member:{name}"] = lambda m=m: self._run_member(m)
+        await self._owner.adjust(tasks)
+        self._dirty.set()
 
     def _karmada_task(self) -> Coroutine[Any, Any, None]:
         assert self._config.karmada is not None

@@ -120,16 +120,27 @@ async def test_hung_member_disconnects_while_other_keeps_updating(tmp_path: Path
     for s in (east, west):
         await s.start()
         s.apply_all(member_objects())
-    config = config_with(cluster_config(tmp_path, east), cluster_config(tmp_path, west))
+    # A read timeout long enough that west's updates have time to arrive (even on a busy CI machine) while
+    # east's requests are still stalled, i.e. before discovery has noticed anything wrong with east: an update
+    # that only arrived after east's timeouts would not show that the members are independent.
+    patient = DiscoveryConfig(**{**FAST.__dict__, "request_timeout": 2.0})
+    config = config_with(cluster_config(tmp_path, east), cluster_config(tmp_path, west), discovery=patient)
     discovery, rec = await run_discovery(config)
     await synced(rec, "east")
     await synced(rec, "west")
+    await eventually(lambda: east.open_watches == 5, what="east's watches open")
+
+    def east_unnoticed() -> bool:
+        status = discovery.status()["east"]
+        return status["errors"] == 0 and not any(k["failing"] for k in status["kinds"].values())
 
     east.hang(True)
     for i in range(2, 6):
         west.apply(slice_with(f"127.0.2.{i}"))
-        await eventually(lambda i=i: slice_ips(rec.snap("west")) == {f"127.0.2.{i}"}, 1.0, "west update")
-    await eventually(lambda: not rec.snap("east").connected, 4.0, "east disconnected")
+        await eventually(lambda i=i: slice_ips(rec.snap("west")) == {f"127.0.2.{i}"}, 1.5, "west update")
+        assert east_unnoticed(), "west's update only arrived after east's stall was noticed"
+    # Quiet for a read timeout, then disconnected after the grace period; the error comes with the failed reopen.
+    await eventually(lambda: not rec.snap("east").connected and rec.snap("east").error, 6.0, "east disconnected")
     assert rec.snap("west").connected
     # Objects are kept for the state view; the status says why.
     assert ("demo", "web") in rec.snap("east").services

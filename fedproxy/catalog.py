@@ -22,11 +22,14 @@ from types import MappingProxyType
 from .config import ClusterConfig, Config
 from .labels import Selector, parse_selector
 from .model import (
+    EMPTY,
     BackendChoice,
     BackendKind,
     ClusterSnapshot,
     Endpoint,
+    EndpointSlice,
     Locality,
+    NsName,
     Service,
     ServiceExport,
     ServiceImport,
@@ -145,43 +148,46 @@ def cluster_info(snapshot: ClusterSnapshot, cfg: ClusterConfig | None) -> Cluste
     )
 
 
-def _pods(snapshot: ClusterSnapshot, ns: str, name: str) -> tuple[Pod, ...]:
+def _slice_ports(sl: EndpointSlice) -> Mapping[str, int]:
+    return MappingProxyType({p.name: p.port for p in sl.ports if p.port is not None})
+
+
+def _pods(slices: tuple[EndpointSlice, ...]) -> tuple[Pod, ...]:
+    """The pods of one service's slices (given in slice-key order), de-duplicated and sorted by address."""
     merged: dict[str, Pod] = {}
-    for (slice_ns, _), sl in sorted(snapshot.endpointslices.items()):
-        if slice_ns != ns or sl.service != name or sl.address_type not in ("IPv4", "IPv6"):
+    for sl in slices:
+        if sl.address_type not in ("IPv4", "IPv6"):
             continue
-        ports = {p.name: p.port for p in sl.ports if p.port is not None}
+        ports = _slice_ports(sl)  # one mapping per slice shared by its pods, not one per pod
         for ep in sl.endpoints:
             for address in ep.addresses:
                 old = merged.get(address)
-                if old is not None:
+                if old is None:
+                    merged[address] = Pod(address, ports, ep.ready, ep.serving, ep.terminating, ep.hostname, ep.zone)
+                else:
                     # The same pod in two slices (during a slice rotation): keep the readier view and all ports.
-                    ports_all = {**old.ports, **ports}
-                    ready = old.ready or ep.ready
-                    serving = old.serving or ep.serving
                     merged[address] = Pod(
                         address,
-                        MappingProxyType(ports_all),
-                        ready,
-                        serving,
+                        MappingProxyType({**old.ports, **ports}),
+                        old.ready or ep.ready,
+                        old.serving or ep.serving,
                         old.terminating and ep.terminating,
                         old.hostname or ep.hostname,
                         old.zone or ep.zone,
-                    )
-                else:
-                    merged[address] = Pod(
-                        address,
-                        MappingProxyType(dict(ports)),
-                        ep.ready,
-                        ep.serving,
-                        ep.terminating,
-                        ep.hostname,
-                        ep.zone,
                     )
     return tuple(merged[a] for a in sorted(merged, key=_ip_sort_key))
 
 
 def _ip_sort_key(address: str) -> tuple[int, int]:
+    """(family, integer value); dotted quads parsed by hand (ipaddress was most of a cold build)."""
+    if ":" not in address:
+        parts = address.split(".")
+        if len(parts) == 4:
+            try:
+                a, b, c, d = map(int, parts)
+                return (4, (a << 24) | (b << 16) | (c << 8) | d)
+            except ValueError:
+                pass
     ip = ipaddress.ip_address(address)
     return (ip.version, int(ip))
 
@@ -194,25 +200,135 @@ def _node_addresses(snapshot: ClusterSnapshot, selector: Selector, address_type:
     return tuple(out)
 
 
-def _exported(snapshot: ClusterSnapshot, config: Config, selector: Selector) -> Iterable[ClusterService]:
-    label_mode = config.clusterset.export.mode == "label"
-    node_selector = parse_selector(config.nodeports.node_selector)
-    node_addresses = _node_addresses(snapshot, node_selector, config.nodeports.address_type)
-    for (ns, name), svc in sorted(snapshot.services.items()):
-        export = snapshot.serviceexports.get((ns, name))
-        if label_mode:
-            if not selector.matches(svc.labels):
+def _changed_keys(old: Mapping, new: Mapping) -> set:
+    """Keys whose value is not the same object in both mappings (unchanged objects keep their identity)."""
+    changed = {k for k, v in new.items() if old.get(k) is not v}
+    changed.update(k for k in old if k not in new)
+    return changed
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """The config a member's sides depend on."""
+
+    label_mode: bool
+    selector: Selector
+    node_selector: Selector
+    address_type: str
+
+
+_KINDS = ("services", "endpointslices", "nodes", "serviceexports", "serviceimports")
+
+
+class _MemberMemo:
+    """One member's exported sides, kept between builds and updated from what changed in its snapshot."""
+
+    __slots__ = ("seen", "slices", "by_service", "node_addresses", "sides")
+
+    def __init__(self) -> None:
+        self.seen: tuple[Mapping, ...] = (EMPTY,) * len(_KINDS)  # the snapshot mappings last built from
+        self.slices: dict[NsName, dict[NsName, EndpointSlice]] = {}  # service -> slice key -> slice
+        self.by_service: dict[NsName, tuple[EndpointSlice, ...]] = {}  # service -> its slices in key order
+        self.node_addresses: tuple[str, ...] = ()
+        self.sides: dict[NsName, tuple[tuple[EndpointSlice, ...], ClusterService]] = {}  # exported only
+
+    def update(self, snap: ClusterSnapshot, ctx: _Context) -> set[NsName]:
+        """Bring the sides up to date with ``snap``; returns the services whose side was added, replaced or removed."""
+        now = tuple(getattr(snap, kind) for kind in _KINDS)
+        if _same(now, self.seen):
+            return set()
+        services, slices, nodes, exports, imports = now
+        old_services, old_slices, old_nodes, old_exports, old_imports = self.seen
+        self.seen = now
+        todo: set[NsName] = set()
+        if slices is not old_slices:
+            regroup: set[NsName] = set()
+            for key in _changed_keys(old_slices, slices):
+                before, after = old_slices.get(key), slices.get(key)
+                if before is not None:
+                    regroup.add((key[0], before.service))
+                    self.slices.get((key[0], before.service), {}).pop(key, None)
+                if after is not None:
+                    regroup.add((key[0], after.service))
+                    self.slices.setdefault((key[0], after.service), {})[key] = after
+            for svc_key in regroup:
+                group = self.slices.get(svc_key)
+                if group:
+                    self.by_service[svc_key] = tuple(group[k] for k in sorted(group))
+                else:
+                    self.slices.pop(svc_key, None)
+                    self.by_service.pop(svc_key, None)
+            todo |= regroup
+        if nodes is not old_nodes:
+            addresses = _node_addresses(snap, ctx.node_selector, ctx.address_type)
+            if addresses != self.node_addresses:
+                self.node_addresses = addresses
+                todo.update(services)  # every side carries the node addresses (removed ones are in the diff below)
+        for new, old in ((services, old_services), (exports, old_exports), (imports, old_imports)):
+            if new is not old:
+                todo |= _changed_keys(old, new)
+        changed: set[NsName] = set()
+        for key in todo:
+            old_entry = self.sides.get(key)
+            entry = self._side(snap, key, ctx, old_entry)
+            if entry is old_entry:
                 continue
+            changed.add(key)
+            if entry is None:
+                del self.sides[key]
+            else:
+                self.sides[key] = entry
+        return changed
+
+    def _side(
+        self,
+        snap: ClusterSnapshot,
+        key: NsName,
+        ctx: _Context,
+        old: tuple[tuple[EndpointSlice, ...], ClusterService] | None,
+    ) -> tuple[tuple[EndpointSlice, ...], ClusterService] | None:
+        svc = snap.services.get(key)
+        if svc is None:
+            return None
+        export = snap.serviceexports.get(key)
+        if ctx.label_mode:
+            if not ctx.selector.matches(svc.labels):
+                return None
         elif export is None:
-            continue
-        yield ClusterService(
-            cluster=snapshot.name,
-            service=svc,
-            export=export,
-            pods=_pods(snapshot, ns, name),
-            node_addresses=node_addresses,
-            service_import=snapshot.serviceimports.get((ns, name)),
-        )
+            return None
+        slices = self.by_service.get(key, ())
+        imported = snap.serviceimports.get(key)
+        if old is not None and old[0] is slices:
+            side = old[1]
+            inputs = (side.service, side.export, side.service_import, side.node_addresses)
+            if _same(inputs, (svc, export, imported, self.node_addresses)):
+                return old
+            pods = side.pods
+        else:
+            pods = _pods(slices)
+        return slices, ClusterService(snap.name, svc, export, pods, self.node_addresses, imported)
+
+
+class CatalogMemo:
+    """What :func:`build_catalog` keeps between builds so that a rebuild costs what changed (issue 9).
+
+    Owned by the caller (one per stream of builds) and passed explicitly: builds stay pure functions of their
+    arguments. Discovery replaces a snapshot's mappings on change and unchanged objects keep their identity,
+    so a member's side of a service is rebuilt only when its Service, export, import, slices or node addresses
+    are other objects, and a service is merged again only when one of its sides is another object (unchanged
+    services keep their CatalogService object). Results equal a build without a memo.
+    """
+
+    __slots__ = ("context", "members", "merged")
+
+    def __init__(self) -> None:
+        self.context: tuple = ()  # the config the members' sides were built with
+        self.members: dict[str, _MemberMemo] = {}
+        self.merged: dict[ServiceKey, tuple[tuple[ClusterService, ...], CatalogService]] = {}  # sorted by key
 
 
 def _merge(key: ServiceKey, sides: list[ClusterService]) -> CatalogService:
@@ -282,22 +398,56 @@ def _same_port(a: ServicePort, b: ServicePort) -> bool:
     return a.name == b.name if a.name else (not b.name and (a.protocol, a.port) == (b.protocol, b.port))
 
 
-def build_catalog(snapshots: Iterable[ClusterSnapshot], config: Config, version: int = 0) -> Catalog:
-    """Every member's snapshot + the config -> the Catalog. Pure; cost is linear in the objects."""
+def build_catalog(
+    snapshots: Iterable[ClusterSnapshot], config: Config, version: int = 0, memo: CatalogMemo | None = None
+) -> Catalog:
+    """Every member's snapshot + the config -> the Catalog. Pure; a cold build is linear in the objects.
+
+    ``memo``: the caller's :class:`CatalogMemo`, read and updated: a build then costs about what changed since
+    the last one (plus an identity pass over the mappings that changed).
+    """
+    memo = memo if memo is not None else CatalogMemo()
     snaps = sorted(snapshots, key=lambda s: s.name)
-    selector = parse_selector(config.clusterset.export.selector) if config.clusterset.export.selector else Selector()
+    export, nodeports = config.clusterset.export, config.nodeports
+    context = (export.mode, export.selector, nodeports.node_selector, nodeports.address_type)
+    if memo.context != context:
+        memo.context, memo.members, memo.merged = context, {}, {}
+    ctx = _Context(
+        export.mode == "label",
+        parse_selector(export.selector) if export.selector else Selector(),
+        parse_selector(nodeports.node_selector),
+        nodeports.address_type,
+    )
     infos: dict[str, ClusterInfo] = {}
-    sides: dict[ServiceKey, list[ClusterService]] = {}
+    todo: set[NsName] = set()
+    members: dict[str, _MemberMemo] = {}
     for snap in snaps:
         infos[snap.name] = cluster_info(snap, config.cluster(snap.name))
-        for side in _exported(snap, config, selector):
-            sides.setdefault(side.service.key, []).append(side)
-    services = {key: _merge(key, group) for key, group in sorted(sides.items())}
+        member = memo.members.get(snap.name) or _MemberMemo()
+        todo |= member.update(snap, ctx)
+        members[snap.name] = member
+    for name, gone in memo.members.items():
+        if name not in members:
+            todo.update(gone.sides)
+    memo.members = members
+    merged = memo.merged
+    resort = False
+    for ns, name in todo:
+        key = ServiceKey(ns, name)
+        group = tuple(m.sides[(ns, name)][1] for m in members.values() if (ns, name) in m.sides)
+        old = merged.get(key)
+        if not group:
+            merged.pop(key, None)
+        elif old is None or not _same(old[0], group):
+            resort = resort or old is None
+            merged[key] = (group, _merge(key, list(group)))
+    if resort:
+        memo.merged = merged = dict(sorted(merged.items()))
     local = next((n for n, i in infos.items() if i.local), config.local_cluster)
     return Catalog(
         version=version,
         clusters=MappingProxyType(infos),
-        services=MappingProxyType(services),
+        services=MappingProxyType({key: svc for key, (_, svc) in merged.items()}),
         domain=config.clusterset.domain,
         local=local,
     )
@@ -315,12 +465,23 @@ def select_port(service: Service, want: str | int | None) -> ServicePort | None:
     return None
 
 
-def _pod_port(pod: Pod, port: ServicePort) -> int | None:
-    if port.name in pod.ports:
-        return pod.ports[port.name]
-    if len(pod.ports) == 1:
-        return next(iter(pod.ports.values()))
-    return port.target_port if isinstance(port.target_port, int) else None
+def _pod_port(pod: Pod, port: ServicePort, single: bool) -> int | None:
+    """The pod's port for service port ``port`` (``single``: the service has only this port), None to skip it.
+
+    The slice port of the same name, as kube-proxy. A lone slice port stands for the service's only port when
+    one of the two is unnamed (single-port services need not name their port). A pod listed only with ports
+    of other names is skipped (kube-proxy does not send it this port's traffic); a pod listed with no numbered
+    port falls back to a numeric targetPort.
+    """
+    ports = pod.ports
+    n = ports.get(port.name)
+    if n is not None:
+        return n
+    if not ports:
+        return port.target_port if isinstance(port.target_port, int) else None
+    if single and len(ports) == 1 and (not port.name or "" in ports):
+        return next(iter(ports.values()))
+    return None
 
 
 def usable_pods(side: ClusterService) -> tuple[Pod, ...]:
@@ -356,10 +517,11 @@ def cluster_backends(
         kind = choice
     eps: tuple[Endpoint, ...]
     if kind == "pod":
+        single = len(svc.ports) == 1
         eps = tuple(
             Endpoint(side.cluster, p.address, n, "pod", p.hostname, p.zone)
             for p in usable_pods(side)
-            if (n := _pod_port(p, port)) is not None
+            if (n := _pod_port(p, port, single)) is not None
         )
         reason = "" if eps else "no ready pod endpoints"
     elif kind == "nodeport":

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from .aio import TaskOwner
 from .balancing import HealthView, Overrides, ServingState, build_state
 from .balancing.health import Arrivals, OutlierDetector
-from .catalog import Catalog, build_catalog
+from .catalog import Catalog, CatalogMemo, build_catalog
 from .config import Config
 from .configload import diff, load_config, parse_config
 from .discovery import Discovery
@@ -79,6 +79,7 @@ class Runtime:
         self.arrivals = Arrivals()  # slow start: since when each endpoint is in service
         self.prober = Prober(self._rebuild)
         self._version = 0
+        self._catalog_memo = CatalogMemo()  # rebuilds cost what changed (issue 9)
         self.state: ServingState = build_state(config, build_catalog((), config, 0))
         self.discovery = Discovery(config, self._on_snapshots, clock=clock)
         self.http: dict[tuple[str, str, int], HttpProxyServer] = {}
@@ -106,7 +107,7 @@ class Runtime:
         if self.remote_catalog is not None:
             catalog = self.remote_catalog
         else:
-            catalog = build_catalog(self.snapshots.values(), self.config, self._version)
+            catalog = build_catalog(self.snapshots.values(), self.config, self._version, self._catalog_memo)
         now = self.clock()
         health = self.detector.view(now).union(self.prober.health.view()).union(self.remote_health)
         state = build_state(self.config, catalog, health, self.overrides, now, self._version, previous=self.state)

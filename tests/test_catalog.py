@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fedproxy.catalog import build_catalog, cluster_backends, select_port
+from fedproxy.catalog import Catalog, CatalogMemo, build_catalog, cluster_backends, select_port
 from fedproxy.config import ClusterConfig, ClustersetConfig, Config, ExportConfig
-from fedproxy.model import OBJECT_KINDS, ClusterSnapshot, Endpoint, Locality, ServiceKey
+from fedproxy.model import (
+    OBJECT_KINDS,
+    ClusterSnapshot,
+    Endpoint,
+    EndpointSlice,
+    Locality,
+    Node,
+    Service,
+    ServiceExport,
+    ServiceImport,
+    ServiceKey,
+    ServicePort,
+    SliceEndpoint,
+    SlicePort,
+)
 from fedproxy.resources import parse
 
 FIXTURES = Path(__file__).parent / "fixtures" / "k8s"
@@ -168,3 +185,177 @@ def test_empty_and_unsynced_inputs():
     assert cat.services == {} and cat.local == "east-1"
     cat = build_catalog([ClusterSnapshot("east-1", synced=False)], CONFIG)
     assert not cat.clusters["east-1"].synced and cat.services == {}
+
+
+# -- pod ports (review fix) -------------------------------------------------------------------------------------
+
+
+def _two_port_catalog(slice_ports: tuple[SlicePort, ...]) -> Catalog:
+    svc = Service(
+        "demo",
+        "app",
+        cluster_ips=("10.96.0.9",),
+        ports=(ServicePort("http", 80, target_port=8080), ServicePort("metrics", 9090, target_port=9090)),
+    )
+    sl = EndpointSlice("demo", "app-1", "app", ports=slice_ports, endpoints=(SliceEndpoint(("10.1.0.9",)),))
+    snap = ClusterSnapshot(
+        "east-1",
+        services={("demo", "app"): svc},
+        endpointslices={("demo", "app-1"): sl},
+        serviceexports={("demo", "app"): ServiceExport("demo", "app")},
+    )
+    return build_catalog([snap], CONFIG)
+
+
+def test_a_pod_listed_only_with_another_port_name_gets_no_traffic_for_this_port():
+    cat = _two_port_catalog((SlicePort("metrics", 9090),))
+    app = ServiceKey("demo", "app")
+    assert backends(cat, app, "east-1", "metrics", "pod").endpoints == (Endpoint("east-1", "10.1.0.9", 9090, "pod"),)
+    http = backends(cat, app, "east-1", "http", "pod")
+    assert http.endpoints == () and http.reason == "no ready pod endpoints"  # was 10.1.0.9:9090 (kube-proxy skips)
+    both = _two_port_catalog((SlicePort("metrics", 9090), SlicePort("http", 8081)))
+    assert backends(both, app, "east-1", "http", "pod").endpoints[0].port == 8081
+
+
+def test_a_lone_unnamed_slice_port_serves_a_single_port_service(catalog):
+    # odd-1's v6: unnamed service port, slice port named "http" (kept); a lone unnamed slice port likewise.
+    assert backends(catalog, ServiceKey("demo", "v6"), "odd-1", None, "pod").endpoints[0].port == 8080
+    svc = Service("demo", "one", cluster_ips=("10.96.0.8",), ports=(ServicePort("web", 80, target_port=8080),))
+    sl = EndpointSlice("demo", "one-1", "one", ports=(SlicePort("", 8082),), endpoints=(SliceEndpoint(("10.1.0.8",)),))
+    snap = ClusterSnapshot(
+        "east-1",
+        services={("demo", "one"): svc},
+        endpointslices={("demo", "one-1"): sl},
+        serviceexports={("demo", "one"): ServiceExport("demo", "one")},
+    )
+    cat = build_catalog([snap], CONFIG)
+    assert backends(cat, ServiceKey("demo", "one"), "east-1", "web", "pod").endpoints[0].port == 8082
+
+
+# -- memoized builds (issue 9) ----------------------------------------------------------------------------------
+
+MEMBERS = ("east-1", "west-1", "odd-1")
+NAMES = ("a", "b", "c", "d")
+ADDRESSES = ("10.1.0.1", "10.1.0.2", "10.1.0.10", "10.2.0.1", "fd00::1", "fd00::a")
+LABEL_CONFIG = replace(CONFIG, clusterset=ClustersetConfig(export=ExportConfig(mode="label", selector="x=1")))
+
+
+def _service(name: str, variant: int) -> Service:
+    ports = ((ServicePort("http", 80, target_port=8080),), (ServicePort("http", 81), ServicePort("m", 90)))[variant % 2]
+    return Service(
+        "ns",
+        name,
+        cluster_ips=() if variant == 2 else ("10.96.0.1",),
+        headless=variant == 2,
+        ports=ports,
+        labels={"x": str(variant % 2)},
+        created=f"2024-01-0{variant + 1}T00:00:00Z",
+    )
+
+
+def _slice(name: str, index: int, picks: list[int], ready: bool, port_name: str) -> EndpointSlice:
+    eps = tuple(SliceEndpoint((ADDRESSES[i],), ready=ready, terminating=not ready) for i in picks)
+    family = "IPv6" if picks and ":" in ADDRESSES[picks[0]] else "IPv4"
+    eps = tuple(e for e in eps if (":" in e.addresses[0]) == (family == "IPv6"))
+    return EndpointSlice("ns", f"{name}-{index}", name, family, (SlicePort(port_name, 8080 + index),), eps)
+
+
+_change = st.one_of(
+    st.tuples(st.just("service"), st.sampled_from(NAMES), st.sampled_from([0, 1, 2, None])),
+    st.tuples(
+        st.just("slice"),
+        st.sampled_from(NAMES),
+        st.integers(0, 2),
+        st.lists(st.integers(0, 5), max_size=4),
+        st.booleans(),
+        st.sampled_from(["http", "m", ""]),
+        st.booleans(),
+    ),
+    st.tuples(st.just("export"), st.sampled_from(NAMES), st.sampled_from([None, True, False])),
+    st.tuples(st.just("import"), st.sampled_from(NAMES), st.booleans()),
+    st.tuples(st.just("nodes"), st.booleans(), st.sampled_from(["10.0.0.1", "10.0.0.2"])),
+    st.tuples(st.just("member"), st.booleans()),
+    st.tuples(st.just("config"), st.booleans()),
+    st.tuples(st.just("touch")),  # new mapping objects, same values
+)
+
+
+def _apply(snaps: dict[str, ClusterSnapshot], member: str, change: tuple) -> None:
+    snap = snaps.get(member) or ClusterSnapshot(member)
+    kind = change[0]
+    if kind == "service":
+        _, name, variant = change
+        snap = snap.with_object("services", ("ns", name), None if variant is None else _service(name, variant))
+    elif kind == "slice":
+        _, name, index, picks, ready, port_name, delete = change
+        obj = None if delete else _slice(name, index, picks, ready, port_name)
+        snap = snap.with_object("endpointslices", ("ns", f"{name}-{index}"), obj)
+    elif kind == "export":
+        _, name, valid = change
+        obj = (
+            None
+            if valid is None
+            else ServiceExport("ns", name, created="2024-02-01T00:00:00Z", valid=valid, reason="r")
+        )
+        snap = snap.with_object("serviceexports", ("ns", name), obj)
+    elif kind == "import":
+        _, name, present = change
+        obj = ServiceImport("ns", name, ips=("240.0.0.9",)) if present else None
+        snap = snap.with_object("serviceimports", ("ns", name), obj)
+    elif kind == "nodes":
+        _, ready, address = change
+        snap = snap.with_object("nodes", "n1", Node("n1", {"InternalIP": (address,)}, ready=ready))
+    elif kind == "member":
+        if not change[1]:
+            snaps.pop(member, None)
+            return
+    elif kind == "touch":
+        for k in OBJECT_KINDS:
+            snap = snap.with_objects(k, getattr(snap, k))
+    snaps[member] = snap
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(MEMBERS), _change), min_size=1, max_size=40))
+def test_memoized_builds_equal_fresh_builds_across_changes(changes):
+    snaps = _populated()
+    memo = CatalogMemo()
+    config = CONFIG
+    build_catalog(snaps.values(), config, memo=memo)
+    for member, change in changes:
+        if change[0] == "config":
+            config = LABEL_CONFIG if change[1] else CONFIG
+        else:
+            _apply(snaps, member, change)
+        fresh = build_catalog(snaps.values(), config, version=3)
+        memoized = build_catalog(snaps.values(), config, version=3, memo=memo)
+        assert memoized == fresh
+        assert list(memoized.services) == list(fresh.services)  # the same (sorted) order
+
+
+def _populated(members: tuple[str, ...] = MEMBERS) -> dict[str, ClusterSnapshot]:
+    """Every member exports every name with one slice of two pods."""
+    snaps: dict[str, ClusterSnapshot] = {}
+    for m in members:
+        for name in NAMES:
+            _apply(snaps, m, ("service", name, 0))
+            _apply(snaps, m, ("export", name, True))
+            _apply(snaps, m, ("slice", name, 0, [0, 1], True, "http", False))
+    return snaps
+
+
+def test_a_slice_change_rebuilds_only_its_service():
+    snaps = _populated(MEMBERS[:2])
+    memo = CatalogMemo()
+    before = build_catalog(snaps.values(), CONFIG, memo=memo)
+    _apply(snaps, "west-1", ("slice", "b", 0, [3], True, "http", False))
+    after = build_catalog(snaps.values(), CONFIG, version=1, memo=memo)
+    key = ServiceKey("ns", "b")
+    assert after.services[key] is not before.services[key]
+    assert after.services[key].clusters["east-1"] is before.services[key].clusters["east-1"]
+    assert [p.address for p in after.services[key].clusters["west-1"].pods] == ["10.2.0.1"]
+    assert all(after.services[k] is before.services[k] for k in before.services if k != key)
+    # A relist with equal objects (new mapping, same values) rebuilds nothing.
+    _apply(snaps, "east-1", ("touch",))
+    again = build_catalog(snaps.values(), CONFIG, version=2, memo=memo)
+    assert all(again.services[k] is after.services[k] for k in after.services)

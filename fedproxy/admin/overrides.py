@@ -193,45 +193,100 @@ class ConfigMapOverrides:
         return cm, cm.metadata.resource_version or ""
 
     async def _watch_loop(self) -> None:
+        """Read, then watch from the read's resourceVersion, resuming from the last one seen; re-read after errors.
+
+        Every request has a read timeout (``request_timeout``), so a hung server is noticed within one timeout
+        instead of at the end of the watch: a stream that goes quiet that long is reopened (bookmarks keep a
+        healthy one busy), and if the server hung, the reopen fails and the loop backs off.
+        """
         assert self._api is not None
         failures = 0
+        rv = ""  # "": read (again) before watching
         while True:
             try:
-                cm, rv = await self._read()
-                self._apply(cm.data if cm is not None else None)
-                self.synced.set()
-                self.last_error = ""
-                failures = 0
-                w = watch.Watch()
-                async with w.stream(
-                    self._api.list_namespaced_config_map,
-                    self.namespace,
-                    field_selector=f"metadata.name={self.name}",
-                    resource_version=rv,
-                    timeout_seconds=self.watch_timeout,
-                    _request_timeout=self.watch_timeout + self.request_timeout,
-                ) as stream:
-                    async for event in stream:
-                        kind = event.get("type")
-                        obj = event.get("object")
-                        if kind in ("ADDED", "MODIFIED"):
-                            self._apply(obj.data)
-                        elif kind == "DELETED":
-                            self._apply(None)
-                # A watch that ends normally (timeoutSeconds) is simply started again after a fresh read.
+                if not rv:
+                    cm, rv = await self._read()
+                    self._apply(cm.data if cm is not None else None)
+                    self.synced.set()
+                    self.last_error = ""
+                    failures = 0
+                rv, healthy = await self._watch(rv)
+                if healthy:
+                    failures = 0
+                    continue
+                # Answered but closed at once: back off rather than reopen in a tight loop.
+                failures += 1
+                await asyncio.sleep(self._delay(failures))
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - any failure of a member's API is retried
+            except ApiException as exc:
+                rv = ""
+                if exc.status == 410:  # the resourceVersion was compacted away: read again at once
+                    continue
                 failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-                delay = min(self.backoff_max, self.backoff_base * 2 ** min(failures - 1, 10))
-                log.warning(
-                    "event=overrides_watch_error configmap=%s error=%r retry_in=%.2f",
-                    self.where,
-                    self.last_error,
-                    delay,
-                )
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                await self._failed(exc, failures)
+            except Exception as exc:  # noqa: BLE001 - any failure of a member's API is retried
+                rv = ""
+                failures += 1
+                await self._failed(exc, failures)
+
+    async def _watch(self, rv: str) -> tuple[str, bool]:
+        """Watch from ``rv`` until the stream ends or stays quiet past the read timeout.
+
+        Returns (the resourceVersion to resume from, healthy): healthy when events arrived or the stream stayed
+        open longer than ``backoff_base``. Raises when the request itself fails or times out.
+        """
+        assert self._api is not None
+        api = self._api
+        opened = False
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            nonlocal opened
+            resp = await api.list_namespaced_config_map(*args, **kwargs)
+            opened = True
+            return resp
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        delivered = False
+        w = watch.Watch(return_type="V1ConfigMap")  # explicit: ``call`` has no docstring to derive it from
+        try:
+            stream = w.stream(
+                call,
+                self.namespace,
+                field_selector=f"metadata.name={self.name}",
+                resource_version=rv,
+                allow_watch_bookmarks=True,
+                timeout_seconds=self.watch_timeout,
+                _request_timeout=(self.request_timeout, self.request_timeout),  # (connect, per read)
+            )
+            async for event in stream:
+                delivered = True
+                kind = event.get("type")
+                obj = event.get("object")
+                if kind in ("ADDED", "MODIFIED"):
+                    self._apply(obj.data)
+                elif kind == "DELETED":
+                    self._apply(None)
+        except TimeoutError:
+            if not opened:
+                raise
+            # Quiet past the read timeout: reopen at once; if the server hung, the reopen fails.
+            return w.resource_version or rv, True
+        finally:
+            await w.close()
+        return w.resource_version or rv, delivered or loop.time() - started > self.backoff_base
+
+    def _delay(self, failures: int) -> float:
+        return min(self.backoff_max, self.backoff_base * 2 ** min(failures - 1, 10)) * random.uniform(0.8, 1.2)
+
+    async def _failed(self, exc: Exception, failures: int) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        delay = self._delay(failures)
+        log.warning(
+            "event=overrides_watch_error configmap=%s error=%r retry_in=%.2f", self.where, self.last_error, delay
+        )
+        await asyncio.sleep(delay)
 
     # -- writing ----------------------------------------------------------------------------------
     async def update(self, change: Change) -> Overrides:

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from fedproxy.admin.overrides import decode, encode
+import asyncio
+from pathlib import Path
+
+from fedproxy.admin.overrides import ConfigMapOverrides, decode, encode
 from fedproxy.balancing import Overrides
+from fedproxy.config import ClusterConfig, OverridesConfig
+from fedproxy.model import ServiceKey
+from fedproxy.sim import objects
+from fedproxy.sim.apiserver import FakeApiServer
+from fedproxy.sim.kubeconfig import write_kubeconfig
 
 from .conftest import World, eventually, free_port
 
@@ -58,3 +66,45 @@ async def test_drain_on_one_replica_reaches_the_other_and_survives_restart(world
     # An operator editing the ConfigMap by hand is applied too.
     world.servers["east"].patch("configmap", "fedproxy", "overrides", {"data": {"drained": "east"}})
     await eventually(lambda: a.runtime.overrides.drained == {"east"} and c.runtime.overrides.drained == {"east"})
+
+
+class Applied:
+    """The runtime side of a store: holds what it applies."""
+
+    def __init__(self) -> None:
+        self.overrides = Overrides()
+
+    def set_overrides(self, overrides: Overrides) -> None:
+        self.overrides = overrides
+
+
+async def test_hung_server_is_noticed_within_the_read_timeout(tmp_path: Path) -> None:
+    server = FakeApiServer("east", bookmark_interval=0.1)
+    await server.start()
+    applied = Applied()
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", [server])
+    store = ConfigMapOverrides(
+        applied,
+        OverridesConfig(ServiceKey("fedproxy", "overrides"), "east"),
+        ClusterConfig(name="east", kubeconfig=str(kubeconfig), context="east"),
+        request_timeout=0.5,
+        watch_timeout=300,  # far beyond the test: only the read timeout can notice the hang
+        backoff_base=0.05,
+        backoff_max=0.3,
+    )
+    try:
+        await store.start()
+        await asyncio.wait_for(store.synced.wait(), 5)
+        await eventually(lambda: server.open_watches == 1)
+        await asyncio.sleep(0.7)  # a quiet but healthy stream (bookmarks) is no error
+        assert store.last_error == ""
+
+        server.hang(True)
+        await eventually(lambda: store.last_error != "", 3.0)
+        server.hang(False)
+        server.apply(objects.configmap("fedproxy", "overrides", {"drained": "west"}))
+        await eventually(lambda: applied.overrides.drained == {"west"}, 5.0)
+        assert store.last_error == ""
+    finally:
+        await store.close()
+        await server.stop()

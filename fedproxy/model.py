@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 BackendKind = Literal["pod", "nodeport", "loadbalancer", "clusterip"]
 BackendChoice = Literal["auto", "pod", "nodeport", "loadbalancer", "clusterip"]
@@ -175,7 +175,8 @@ class ClusterSnapshot:
 
     def with_objects(self, kind: ObjectKind, objects: Mapping) -> ClusterSnapshot:
         """A copy with the whole mapping of ``kind`` replaced (a relist), version bumped."""
-        return replace(self, **{kind: MappingProxyType(dict(objects))}, version=self.version + 1)
+        changes: dict[str, Any] = {kind: MappingProxyType(dict(objects)), "version": self.version + 1}
+        return replace(self, **changes)
 
     def with_object(self, kind: ObjectKind, key: object, obj: object | None) -> ClusterSnapshot:
         """A copy with one object of ``kind`` set (or removed when ``obj`` is None), version bumped."""
@@ -184,7 +185,8 @@ class ClusterSnapshot:
             current.pop(key, None)
         else:
             current[key] = obj
-        return replace(self, **{kind: MappingProxyType(current)}, version=self.version + 1)
+        changes: dict[str, Any] = {kind: MappingProxyType(current), "version": self.version + 1}
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,7 +85,8 @@ def name_key(name: dns.name.Name) -> bytes:
 
 
 def rrset(name: dns.name.Name, ttl: int, rdtype: int, rdatas: Iterable[dns.rdata.Rdata]) -> dns.rrset.RRset:
-    rs = dns.rrset.RRset(name, IN, rdtype)
+    # dnspython's stubs want RdataType; it accepts the plain int codes used throughout (RdataType is an IntEnum).
+    rs = dns.rrset.RRset(name, IN, rdtype)  # type: ignore[arg-type]
     for rd in rdatas:
         rs.add(rd, ttl)
     return rs
@@ -120,7 +121,7 @@ def encode(
 ) -> Entry:
     """Encode the sections with dnspython, compressed against the question ``name``, and split off the header."""
     msg = dns.message.Message(id=0)
-    msg.question = [dns.rrset.RRset(name, IN, rdtype)]
+    msg.question = [dns.rrset.RRset(name, IN, rdtype)]  # type: ignore[arg-type]  # int code, as in rrset()
     msg.answer = list(answer)
     msg.authority = list(authority)
     msg.additional = list(additional)
@@ -232,13 +233,13 @@ class TableBuilder:
                     break  # its ancestors were added with it
                 names.add(key)
         # Counters of names that still rotate survive (issue 6); the others would only grow the dict.
-        for key in list(rr_state):
-            rot = self.entries.get(key)
+        for rr_key in list(rr_state):
+            rot = self.entries.get(rr_key)
             if not isinstance(rot, Rotation):
-                del rr_state[key]
+                del rr_state[rr_key]
             else:
-                for cluster in [c for c in rr_state[key] if c not in rot.clusters]:
-                    del rr_state[key][cluster]
+                for cluster in [c for c in rr_state[rr_key] if c not in rot.clusters]:
+                    del rr_state[rr_key][cluster]
         tail = negative_tail(self.negative_soa)
         return AnswerTable(
             entries=self.entries,

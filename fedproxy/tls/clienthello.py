@@ -140,7 +140,8 @@ def _client_hello(body: bytes) -> ClientHello | HelloError:
         return HelloError("malformed")
     if version >> 8 != 3:
         return HelloError("bad_version")
-    server_name, alpn = "", ()
+    server_name = ""
+    alpn: tuple[str, ...] = ()
     if r.left() == 0:
         return ClientHello("", (), version)  # no extensions at all (allowed before TLS 1.3)
     exts = r.vector(2)

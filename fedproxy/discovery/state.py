@@ -89,7 +89,9 @@ class MemberState:
         self.resyncs += 1
         RESYNCS.labels(self.name, reason).inc()
         log.debug("event=relist cluster=%s kind=%s reason=%s objects=%d", self.name, kind, reason, len(objects))
-        self._set(self.snapshot.with_objects(kind, objects))
+        # A complete list is news from the member too: "last event" is when we last heard from it.
+        LAST_EVENT.labels(self.name).set(time.time())
+        self._set(replace(self.snapshot.with_objects(kind, objects), last_event=self._clock()))
 
     def absent(self, kind: ObjectKind) -> None:
         """The member does not serve ``kind`` (its CRD is not installed): it simply has none."""

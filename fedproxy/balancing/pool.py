@@ -117,6 +117,7 @@ class Pool:
     ramp_from: tuple[tuple[int, float], ...] = ()
     ramp_since: float | None = None
     ramps: Mapping[Endpoint, float] = field(default_factory=empty_map)  # slow start: endpoint -> weight ratio
+    _addresses: frozenset[str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def active(self) -> dict[Endpoint, int]:
@@ -126,6 +127,13 @@ class Pool:
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
         return tuple(e for t in self.tiers for e in t.endpoints)
+
+    @property
+    def addresses(self) -> frozenset[str]:
+        """The addresses of the pool's endpoints (computed once: rebuilds test health changes against it)."""
+        if self._addresses is None:
+            self._addresses = frozenset(e.address for t in self.tiers for e in t.endpoints)
+        return self._addresses
 
     @property
     def clusters(self) -> frozenset[str]:

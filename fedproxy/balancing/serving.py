@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from ..catalog import Catalog
+from ..catalog import Catalog, ClusterInfo
 from ..config import Algorithm, Config, HashConfig, HttpRoute, TcpListener
 from ..model import ServiceKey, empty_map
 from .pool import NO_HEALTH, NO_OVERRIDES, HealthView, Overrides, Pool, PoolSpec, build_pool
@@ -78,6 +78,81 @@ class ServingState:
         return pool
 
 
+def _pool_inputs(info: ClusterInfo) -> tuple:
+    """What a pool reads of a member's ClusterInfo (not its error or last event, which change all the time)."""
+    return (info.locality, info.connected, info.local, info.weight, info.pods_reachable, info.capacity)
+
+
+def _changed_members(old: Catalog, new: Catalog, old_ov: Overrides, new_ov: Overrides) -> set[str]:
+    changed = {n for n in old.clusters.keys() ^ new.clusters.keys()}
+    changed.update(
+        n
+        for n, info in new.clusters.items()
+        if n in old.clusters and _pool_inputs(old.clusters[n]) != _pool_inputs(info)
+    )
+    if old_ov != new_ov:
+        changed |= old_ov.drained ^ new_ov.drained
+        changed.update(
+            n for n in old_ov.weights.keys() | new_ov.weights.keys() if old_ov.weights.get(n) != new_ov.weights.get(n)
+        )
+    return changed
+
+
+def _changed_addresses(old: HealthView, new: HealthView) -> frozenset[str]:
+    """Addresses of the endpoints whose health (down, ejected at, in service since) differs between the views."""
+    if old is new:
+        return frozenset()
+    eps = set(old.unhealthy ^ new.unhealthy)
+    for a, b in ((old.ejected, new.ejected), (old.since, new.since)):
+        if a is not b:
+            eps.update(ep for ep, t in b.items() if a.get(ep) != t)
+            eps.update(ep for ep in a if ep not in b)
+    return frozenset(ep.address for ep in eps)
+
+
+class _Reuse:
+    """Decides which pools of the previous state can be kept as they are (issue 9: rebuilds cost what changed).
+
+    A pool is a function of its spec, its service's CatalogService, the pool-relevant ClusterInfo of the local
+    member and of the service's members, the overrides of those members, the health of its endpoints, the
+    balancing settings, and ``now`` while a slow-start or tier ramp is in progress (``refresh_at`` set). When
+    none of these changed, the previous pool is kept: the same object, so picker state carries on too.
+    """
+
+    __slots__ = ("old_services", "new_services", "members", "addresses")
+
+    def __init__(self, previous: ServingState, catalog: Catalog, health: HealthView, overrides: Overrides) -> None:
+        self.old_services = previous.catalog.services
+        self.new_services = catalog.services
+        self.members = _changed_members(previous.catalog, catalog, previous.overrides, overrides)
+        self.addresses = _changed_addresses(previous.health, health)
+
+    @staticmethod
+    def possible(previous: ServingState | None, config: Config, catalog: Catalog) -> bool:
+        """False when every pool depends on what changed (settings, the local member)."""
+        if previous is None:
+            return False
+        old_cfg, old_cat = previous.config.balancing, previous.catalog
+        if old_cfg is not config.balancing and old_cfg != config.balancing:
+            return False
+        if old_cat.local != catalog.local:
+            return False
+        old_local, new_local = old_cat.clusters.get(old_cat.local), catalog.clusters.get(catalog.local)
+        if old_local is None or new_local is None:
+            return old_local is new_local
+        return _pool_inputs(old_local) == _pool_inputs(new_local)
+
+    def keeps(self, pool: Pool) -> bool:
+        if pool.refresh_at is not None:
+            return False
+        svc = self.new_services.get(pool.spec.service)
+        if svc is not self.old_services.get(pool.spec.service):
+            return False
+        if svc is not None and self.members and not self.members.isdisjoint(svc.clusters):
+            return False
+        return not (self.addresses and pool.tiers and not self.addresses.isdisjoint(pool.addresses))
+
+
 def build_state(
     config: Config,
     catalog: Catalog,
@@ -89,10 +164,19 @@ def build_state(
     seed: int | None = None,
 ) -> ServingState:
     """Every pool the config needs; pools of ``previous`` with the same spec hand over their active counts
-    and circuit breakers (in-flight requests finish on the pool they started with, which shares them)."""
+    and circuit breakers (in-flight requests finish on the pool they started with, which shares them).
+
+    A pool of ``previous`` whose inputs are all unchanged is kept as is (see :class:`_Reuse`): a rebuild after
+    one EndpointSlice change rebuilds one pool. Kept pools equal rebuilt ones (tests/balancing/test_rebuild.py).
+    """
     old = previous.pools if previous is not None else {}
-    pools = {
-        spec: build_pool(spec, catalog, config.balancing, health, overrides, now, seed, old.get(spec))
-        for spec in pool_specs(config)
-    }
+    reuse = _Reuse(previous, catalog, health, overrides) if _Reuse.possible(previous, config, catalog) else None
+    specs = list(old) if previous is not None and previous.config is config else pool_specs(config)
+    pools: dict[PoolSpec, Pool] = {}
+    for spec in specs:
+        prev = old.get(spec)
+        if prev is not None and reuse is not None and reuse.keeps(prev):
+            pools[spec] = prev
+        else:
+            pools[spec] = build_pool(spec, catalog, config.balancing, health, overrides, now, seed, prev)
     return ServingState(version, config, catalog, health, overrides, pools)

@@ -146,9 +146,15 @@ class HttpProxyServer:
     def unregister(self, conn: HttpProxyProtocol) -> None:
         self.connections.discard(conn)
 
-    def spawn_request(self, conn: HttpProxyProtocol, req: Request) -> None:
+    def spawn_request(self, conn: HttpProxyProtocol, req: Request, resume: http_forward.Resume | None = None) -> None:
+        """Serve ``req`` with a task (the fast path's hand-over passes what it did so far as ``resume``)."""
+        if resume is None or not resume.outcome:
+            self._requests += 1
+        self.tasks.spawn(f"req-{conn.conn_id}-{self._requests}", http_forward.forward(self, conn, req, resume))
+
+    def count_fast(self) -> None:
+        """A request the fast path took (the task path counts its own in ``spawn_request``)."""
         self._requests += 1
-        self.tasks.spawn(f"req-{conn.conn_id}-{self._requests}", http_forward.forward(self, conn, req))
 
     def count(self, status: int) -> None:
         key = f"{status // 100}xx" if status else "none"

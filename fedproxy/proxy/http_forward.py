@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..balancing import Pool
 from ..balancing.metrics import count_budget_exhausted, count_rejection
@@ -90,7 +90,7 @@ class Exchange:
         self.client.write(data)
 
 
-def _hash_key(route: Route, req: Request, client_ip: str) -> int | None:
+def hash_key_of(route: Route, req: Request, client_ip: str) -> int | None:
     cfg = route.spec.hash
     if cfg is None:
         return None
@@ -103,7 +103,23 @@ def _hash_key(route: Route, req: Request, client_ip: str) -> int | None:
     return _hash_text(text) if text else None
 
 
-async def forward(server: HttpProxyServer, client: HttpProxyProtocol, req: Request) -> None:
+class Resume(NamedTuple):
+    """What the fast path (http_fast) hands over: the request already holds a "requests" slot of ``pool`` and
+    ``ep`` was picked for it. ``outcome`` "" means no attempt was made yet (``ep`` is tried first); otherwise
+    it is that attempt's outcome as ``_attempt`` would have returned it (with ``status`` for "status")."""
+
+    route: Route
+    pool: Pool
+    ep: Endpoint
+    hash_key: int | None
+    pinned: str | None
+    outcome: str
+    status: int
+
+
+async def forward(
+    server: HttpProxyServer, client: HttpProxyProtocol, req: Request, resume: Resume | None = None
+) -> None:
     """Serve ``req`` end to end; never raises (a failure becomes a response or a closed connection)."""
     route: Route | None = None
     ep: Endpoint | None = None
@@ -111,52 +127,72 @@ async def forward(server: HttpProxyServer, client: HttpProxyProtocol, req: Reque
     retries = 0
     retrying = False  # holds one of the pool's retry slots
     try:
-        cookies = http_head.parse_cookies(req.cookie) if (req.cookie and server.router.needs_cookies) else None
-        route = server.router.match(req.host, req.path, req.match_headers, cookies)
-        if route is None:
-            _fail(
-                server,
-                client,
-                req,
-                404,
-                f"no route for host {req.host.decode('latin-1')!r} path {req.path.decode('latin-1')!r}",
-            )
-            return
-        state_pool = server.get_state().pool(route.spec)
-        service = str(route.spec.service)
-        if (refused := state_pool.breaker.try_acquire("requests")) is not None:
-            count_rejection(service, "max_requests")
-            _fail(server, client, req, 503, f"circuit breaker: {refused}", route, limit="max_requests")
-            return
-        pool = state_pool  # from here on the request holds a "requests" slot, released in finally
-        pinned = req.match_headers.get(route.pin_header) or None
-        if pinned is not None and pinned not in pool.clusters:
-            _fail(server, client, req, 503, f"cluster {pinned!r} has no endpoint for {route.spec.service}", route)
-            return
-        hash_key = _hash_key(route, req, client.client_ip)
+        if resume is not None:
+            route, pool, hash_key, pinned = resume.route, resume.pool, resume.hash_key, resume.pinned
+            service = str(route.spec.service)
+            first: Endpoint | None = resume.ep
+        else:
+            first = None
+            cookies = http_head.parse_cookies(req.cookie) if (req.cookie and server.router.needs_cookies) else None
+            route = server.router.match(req.host, req.path, req.match_headers, cookies)
+            if route is None:
+                _fail(
+                    server,
+                    client,
+                    req,
+                    404,
+                    f"no route for host {req.host.decode('latin-1')!r} path {req.path.decode('latin-1')!r}",
+                )
+                return
+            state_pool = server.get_state().pool(route.spec)
+            service = str(route.spec.service)
+            if (refused := state_pool.breaker.try_acquire("requests")) is not None:
+                _refuse(server, client, req, route, refused)
+                return
+            pool = state_pool  # from here on the request holds a "requests" slot, released in finally
+            pinned = req.match_headers.get(route.pin_header) or None
+            if pinned is not None and pinned not in pool.clusters:
+                _fail(server, client, req, 503, f"cluster {pinned!r} has no endpoint for {route.spec.service}", route)
+                return
+            hash_key = hash_key_of(route, req, client.client_ip)
         timeouts = route.config.timeouts
         policy = route.config.retries
         loop = client.loop
         deadline = loop.time() + timeouts.total if timeouts.total > 0 else None
         tried: list[Endpoint] = []
         while True:
-            ep = pool.pick(hash_key, exclude=tried, cluster=pinned)
-            if ep is None:
-                if not tried:
-                    _fail(
-                        server,
-                        client,
-                        req,
-                        503,
-                        f"no healthy endpoint for {route.spec.service}: "
-                        f"{pool.reason or 'every endpoint is ejected or drained'}",
-                        route,
-                    )
-                else:
-                    _fail(server, client, req, 502, f"no upstream could be reached for {route.spec.service}", route, ep)
-                return
-            tried.append(ep)
-            outcome, status, sent = await _attempt(server, client, req, route, pool, ep, deadline)
+            if resume is not None and resume.outcome:  # the fast path made the first attempt
+                ep = resume.ep
+                tried.append(ep)
+                outcome, status, sent = resume.outcome, resume.status, True
+                resume = first = None
+            else:
+                ep = first if first is not None else pool.pick(hash_key, exclude=tried, cluster=pinned)
+                first = None
+                if ep is None:
+                    if not tried:
+                        _fail(
+                            server,
+                            client,
+                            req,
+                            503,
+                            f"no healthy endpoint for {route.spec.service}: "
+                            f"{pool.reason or 'every endpoint is ejected or drained'}",
+                            route,
+                        )
+                    else:
+                        _fail(
+                            server,
+                            client,
+                            req,
+                            502,
+                            f"no upstream could be reached for {route.spec.service}",
+                            route,
+                            ep,
+                        )
+                    return
+                tried.append(ep)
+                outcome, status, sent = await _attempt(server, client, req, route, pool, ep, deadline)
             if retrying:
                 retrying = False
                 pool.breaker.release("retries")
@@ -214,7 +250,7 @@ async def forward(server: HttpProxyServer, client: HttpProxyProtocol, req: Reque
             pool.breaker.release("requests")
             if retrying:
                 pool.breaker.release("retries")
-        _access(server, client, req, route, ep, retries)
+        access(server, client, req, route, ep, retries)
 
 
 async def _attempt(
@@ -286,7 +322,7 @@ async def _attempt(
         except ConnectionError:
             up.close()
             return "client", 0, True
-        http_log.observe_latency(server.name, str(route.spec.service), ep.cluster, loop.time() - sent_at)
+        observe_latency(server, route, ep, loop.time() - sent_at)
         req.status = up.status
         server.report(ep, up.status < 500)
         if up.status >= 500:
@@ -323,33 +359,14 @@ async def _commit(
         up.close()
         client.finish(req, False)
         return
-    no_body = req.method == b"HEAD" or status in (204, 304)
-    keep_alive = req.keep_alive and not client.draining
-    if no_body or up.content_length and not up.chunked:
-        framing = b"length"
-    elif req.http10:
-        framing, keep_alive = b"close", False
-    else:
-        framing = b"chunked"
-    if not req.body_done:
-        keep_alive = False  # the upstream answered before the upload ended: the rest cannot be skipped safely
-    req.keep_alive = keep_alive
-    req.resp_framing = b"none" if no_body else framing
-    head = http_head.response_head(status, up.reason, up.headers, framing=framing, keep_alive=keep_alive,
-                                   http10=req.http10)  # fmt: skip
-    pending, req.resp_pending = req.resp_pending, []
-    req.committed = True
-    client.write(head)
-    if req.resp_framing != b"none":
-        for data in pending:
-            req.bytes_out += len(data)
-            client.write(http_head.chunk(data) if framing == b"chunked" else data)
+    commit_head(client, req, up)
+    framing = req.resp_framing
+    no_body = framing == b"none"
     req.done_waiter = client.loop.create_future()
     if up.complete:
         if framing == b"chunked" and not no_body:
             client.write(http_head.CHUNK_END)
         req.done_waiter.set_result(None)
-    client.flow.resume_reading(HOLD)
     ok = True
     try:
         if deadline is not None:
@@ -368,6 +385,49 @@ async def _commit(
         up.detach()
         up.close()
     client.finish(req, ok)
+
+
+def commit_head(client: HttpProxyProtocol, req: Request, up: UpstreamProtocol) -> None:
+    """Send the response head to the client with the framing chosen for it, then any body bytes held so far;
+    from here on the sink streams body bytes straight through (``req.resp_framing``: length, chunked, none)."""
+    status = up.status
+    no_body = req.method == b"HEAD" or status in (204, 304)
+    keep_alive = req.keep_alive and not client.draining
+    if no_body or up.content_length and not up.chunked:
+        framing = b"length"
+    elif req.http10:
+        framing, keep_alive = b"close", False
+    else:
+        framing = b"chunked"
+    if not req.body_done:
+        keep_alive = False  # the upstream answered before the upload ended: the rest cannot be skipped safely
+    req.keep_alive = keep_alive
+    req.resp_framing = b"none" if no_body else framing
+    head = http_head.response_head(status, up.reason, up.headers, framing=framing, keep_alive=keep_alive,
+                                   http10=req.http10)  # fmt: skip
+    pending, req.resp_pending = req.resp_pending, []
+    req.committed = True
+    client.write(head)
+    if not no_body:
+        for data in pending:
+            req.bytes_out += len(data)
+            client.write(http_head.chunk(data) if framing == b"chunked" else data)
+    client.flow.resume_reading(HOLD)
+
+
+def observe_latency(server: HttpProxyServer, route: Route, ep: Endpoint, seconds: float) -> None:
+    http_log.observe_latency(server.name, route.service_name, ep.cluster, seconds)
+
+
+def refuse(server: HttpProxyServer, client: HttpProxyProtocol, req: Request, route: Route, refused: str) -> None:
+    """The pool's "requests" breaker refused ``req`` (``refused``: why): 503, metrics and the access log."""
+    _refuse(server, client, req, route, refused)
+    access(server, client, req, route, None, 0)
+
+
+def _refuse(server: HttpProxyServer, client: HttpProxyProtocol, req: Request, route: Route, refused: str) -> None:
+    count_rejection(route.service_name, "max_requests")
+    _fail(server, client, req, 503, f"circuit breaker: {refused}", route, limit="max_requests")
 
 
 def _drop_upstream(client: HttpProxyProtocol) -> None:
@@ -421,7 +481,7 @@ def _fail(
     client.finish(req, keep)
 
 
-def _access(
+def access(
     server: HttpProxyServer,
     client: HttpProxyProtocol,
     req: Request,

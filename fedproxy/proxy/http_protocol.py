@@ -11,6 +11,7 @@ wait in ``queue`` with reading paused. After a 101 both connections become a byt
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import random
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from . import http_head
+from . import http_fast, http_head
 from .flow import FlowControl
 from .http_request import Request
 from .upstream import UpstreamProtocol
@@ -31,6 +32,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedproxy.proxy.http")
 
 KEEPALIVE_IDLE = 60.0  # s an idle client keep-alive connection is kept (Timeouts.idle default)
+
+
+_ID_PREFIX = os.urandom(3).hex().encode("ascii")  # per process: ids stay unique across workers and restarts
+_ID_COUNTER = itertools.count(1)
+
+
+def next_request_id() -> bytes:
+    """A request id for a request without one: a random per-process prefix and a counter (no syscall)."""
+    return b"%b%010x" % (_ID_PREFIX, next(_ID_COUNTER))
 
 
 class _HeadTooLarge(Exception):
@@ -53,6 +63,9 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.conn_id = 0
         self.requests_served = 0
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # when ``timer`` fires
+        self.deadline: float | None = None  # when ``deadline_cb`` is due (see set_deadline)
+        self.deadline_cb: Callable[[], None] = self._close
         self.closing = False
         self.draining = False
         self.queue: deque[Request] = deque()  # parsed requests waiting for the one in flight
@@ -74,7 +87,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = b"https"
         self.conn_id = self.server.register(self)
-        self._set_timer(self.listener.request_head_timeout, self._head_timeout)
+        self.set_deadline(self.listener.request_head_timeout, self._head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -146,7 +159,7 @@ class HttpProxyProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.req = Request(self.loop.time())
         if self.active is None and self.requests_served:
-            self._set_timer(self.listener.request_head_timeout, self._head_timeout)
+            self.set_deadline(self.listener.request_head_timeout, self._head_timeout)
 
     def on_url(self, url: bytes) -> None:
         req = self.req
@@ -170,13 +183,21 @@ class HttpProxyProtocol(asyncio.Protocol):
             req.has_request_id, req.request_id = True, value
         elif low == b"cookie":
             req.cookie = req.cookie + b"; " + value if req.cookie else value
-        elif low == b"upgrade" and value.lower() == b"websocket":
-            req.websocket = True
-        elif low == b"expect" and value.lower() == b"100-continue":
-            req.expect_continue = True
-        text = low.decode("latin-1")
-        if text in self.server.router.header_names:
-            req.match_headers[text] = value.decode("latin-1")
+        elif low == b"upgrade":
+            req.slow = True
+            if value.lower() == b"websocket":
+                req.websocket = True
+        elif low == b"expect":
+            req.slow = True
+            if value.lower() == b"100-continue":
+                req.expect_continue = True
+        elif low == b"transfer-encoding" or (low == b"content-length" and value.strip(b" \t") != b"0"):
+            req.slow = True
+        names = self.server.router.header_names
+        if names:
+            text = low.decode("latin-1")
+            if text in names:
+                req.match_headers[text] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         req = self.req
@@ -189,10 +210,12 @@ class HttpProxyProtocol(asyncio.Protocol):
         q = req.target.find(b"?")
         req.path = req.target if q < 0 else req.target[:q]
         if not req.has_request_id:
-            req.request_id = os.urandom(8).hex().encode("ascii")
+            req.request_id = next_request_id()
         if self.active is None:
-            self._cancel_timer()
-            self._start(req)
+            self.clear_deadline()
+            self.active = req
+            if req.slow or not http_fast.start(self.server, self, req):
+                self.server.spawn_request(self, req)
         else:
             self.queue.append(req)
             self.inbound.pause_reading("pipeline")
@@ -238,7 +261,8 @@ class HttpProxyProtocol(asyncio.Protocol):
 
     def _start(self, req: Request) -> None:
         self.active = req
-        self.server.spawn_request(self, req)
+        if req.slow or not req.body_done or not http_fast.start(self.server, self, req):
+            self.server.spawn_request(self, req)
 
     def finish(self, req: Request, reuse_client: bool) -> None:
         """The response is complete (or failed after the head): next request, or close."""
@@ -255,7 +279,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         if self.queue:
             self._start(self.queue.popleft())
         else:
-            self._set_timer(KEEPALIVE_IDLE, self._close)
+            self.set_deadline(KEEPALIVE_IDLE, self._close)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closing:
@@ -280,19 +304,45 @@ class HttpProxyProtocol(asyncio.Protocol):
         self._close()
 
     def _head_timeout(self) -> None:
-        self.timer = None
         if self.active is None:
             self.write(http_head.error_response(408, "request head timeout"))
             self.server.count_local(408)
             log.info("event=http_request_timeout conn=%d client=%s", self.conn_id, self.client_ip)
         self._close()
 
-    def _set_timer(self, delay: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        if delay > 0:
-            self.timer = self.loop.call_later(delay, callback)
+    # One lazy timer per connection: setting a deadline moves a timestamp; the timer is re-armed only when it
+    # fires before the deadline (or when the new deadline is earlier), never once per request.
+
+    def set_deadline(self, delay: float, callback: Callable[[], None]) -> None:
+        """Call ``callback`` ``delay`` s from now unless another deadline replaces it first (``delay`` <= 0: none)."""
+        if delay <= 0:
+            self.deadline = None
+            return
+        when = self.loop.time() + delay
+        self.deadline, self.deadline_cb = when, callback
+        if self.timer is None or self.timer_at > when:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer_at = when
+            self.timer = self.loop.call_at(when, self._on_timer)
+
+    def clear_deadline(self) -> None:
+        self.deadline = None
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        when = self.deadline
+        if when is None or self.closing:
+            return
+        if self.loop.time() >= when:
+            self.deadline = None
+            self.deadline_cb()
+        else:
+            self.timer_at = when
+            self.timer = self.loop.call_at(when, self._on_timer)
 
     def _cancel_timer(self) -> None:
+        self.deadline = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

@@ -48,6 +48,7 @@ class Request:
         "tunnel_pending",
         "tunnel_pending_up",
         "expect_continue",
+        "slow",
     )
 
     def __init__(self, started: float) -> None:
@@ -82,6 +83,7 @@ class Request:
         self.tunnel_pending: list[bytes] = []  # client bytes after the upgrade request, before the 101
         self.tunnel_pending_up: list[bytes] = []  # upstream bytes after its 101, before the client has it
         self.expect_continue = False
+        self.slow = False  # a body, an upgrade or an Expect: only the task path serves it (http_fast)
 
     @property
     def idempotent(self) -> bool:

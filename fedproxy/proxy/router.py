@@ -28,6 +28,8 @@ class Route:
     headers: tuple[tuple[str, str], ...]  # (lowercase name, value) that must all match
     cookies: tuple[tuple[str, str], ...]
     pin_header: str  # lowercase
+    service_name: str = ""  # str(spec.service), for metrics and logs without a format per request
+    retries_on_status: bool = False  # the retry policy may retry a 5xx response (held until decided)
 
     def matches(self, path: bytes, headers: Mapping[str, str], cookies: Mapping[str, str]) -> bool:
         if not path.startswith(self.prefix):
@@ -133,6 +135,8 @@ def build_router(listener: HttpListener, config: Config) -> Router:
                 headers=tuple((k.lower(), v) for k, v in r.headers.items()),
                 cookies=tuple(r.cookies.items()),
                 pin_header=r.pin_header.lower(),
+                service_name=str(r.service),
+                retries_on_status=r.retries.attempts > 0 and bool({"5xx", "gateway-error"} & set(r.retries.on)),
             )
         )
     return Router(routes)

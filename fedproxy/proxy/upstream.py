@@ -62,6 +62,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.client_flow: FlowControl | None = None  # pauses the client's reading while we cannot write
         self.closed = False
         self.idle_handle: asyncio.TimerHandle | None = None
+        self.idle_until: float | None = None  # while idle in the pool: closed at this loop time
         # Per response.
         self.sink: Sink | None = None
         self.parser: httptools.HttpResponseParser | None = None
@@ -75,19 +76,19 @@ class UpstreamProtocol(asyncio.Protocol):
         self.got_bytes = False
         self.head_done = False
         self.complete = False
+        self.told = False  # the sink has heard of the completion
         self.keep_alive = True
         self.upgraded = False
 
     def begin(self, sink: Sink, head_request: bool) -> None:
         """Start a request/response on this connection for ``sink`` (the caller writes the request)."""
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
-            self.idle_handle = None
+        self.idle_until = None  # the idle timer, if armed, finds it busy and lets it be (see _idle_check)
         self.sink = sink
         self.parser = httptools.HttpResponseParser(self)
         self.head_request = head_request
         self.status, self.reason, self.headers, self.head_bytes = 0, b"", [], 0
         self.content_length = self.chunked = self.got_bytes = self.head_done = self.complete = False
+        self.told = False
         self.keep_alive = True
 
     def attach_flow(self, client_flow: FlowControl) -> None:
@@ -106,6 +107,22 @@ class UpstreamProtocol(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    def idle_for(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        """Close this connection if it is still idle ``timeout`` s from now (one lazy timer per connection)."""
+        self.idle_until = when = loop.time() + timeout
+        if self.idle_handle is None:
+            self.idle_handle = loop.call_at(when, self._idle_check, loop)
+
+    def _idle_check(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.idle_handle = None
+        when = self.idle_until
+        if when is None or self.closed:
+            return  # busy (or gone): the next release arms it again
+        if loop.time() >= when:
+            self.close()
+        else:
+            self.idle_handle = loop.call_at(when, self._idle_check, loop)
 
     @property
     def reusable(self) -> bool:
@@ -141,7 +158,14 @@ class UpstreamProtocol(asyncio.Protocol):
             self._fail(f"bad response: {exc}")
             return
         if self.head_done and not self.complete and self.head_request:
-            self._complete()  # a HEAD response has no body whatever its Content-Length says
+            self.complete = True  # a HEAD response has no body whatever its Content-Length says
+        if self.complete and not self.told:
+            # Told once the parser has returned: the sink may put this connection back in the pool (and the
+            # next request may take it and start a new parser) from this call.
+            self.told = True
+            sink = self.sink
+            if sink is not None:
+                sink.on_response_complete()
 
     def _fail(self, message: str) -> None:
         sink = self.sink
@@ -150,12 +174,6 @@ class UpstreamProtocol(asyncio.Protocol):
         if sink is not None and not self.complete:
             self.sink = None
             sink.on_upstream_lost(UpstreamLost(message, self.got_bytes))
-
-    def _complete(self) -> None:
-        self.complete = True
-        sink = self.sink
-        if sink is not None:
-            sink.on_response_complete()
 
     def eof_received(self) -> bool | None:
         return False
@@ -228,7 +246,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self.head_done and not self.complete and self.status != 101:
-            self._complete()
+            self.complete = True  # data_received tells the sink after the parser returns
 
 
 class UpstreamPool:
@@ -246,12 +264,9 @@ class UpstreamPool:
     ) -> tuple[UpstreamProtocol, bool]:
         """A connection to ``ep`` (TLS with ``tls``) and whether it was reused; raises OSError/TimeoutError on
         connect failure (a failed TLS handshake or certificate check is an ``ssl.SSLError``, an OSError)."""
-        idle = self._idle.get((ep, tls))
-        while idle:
-            up = idle.pop()
-            if not up.closed and up.transport is not None and not up.transport.is_closing():
-                self.reuses += 1
-                return up, True
+        up = self.take_idle(ep, tls)
+        if up is not None:
+            return up, True
         loop = asyncio.get_running_loop()
         factory: Callable[[], UpstreamProtocol] = lambda: UpstreamProtocol(self, ep, tls)  # noqa: E731
         async with asyncio.timeout(connect_timeout if connect_timeout > 0 else None):
@@ -269,6 +284,16 @@ class UpstreamPool:
         self.connects += 1
         return up, False
 
+    def take_idle(self, ep: Endpoint, tls: UpstreamTls | None = None) -> UpstreamProtocol | None:
+        """An idle keep-alive connection to ``ep`` (counted as a reuse), or None: a connect is needed."""
+        idle = self._idle.get((ep, tls))
+        while idle:
+            up = idle.pop()
+            if not up.closed and up.transport is not None and not up.transport.is_closing():
+                self.reuses += 1
+                return up
+        return None
+
     def tls_context(self, tls: UpstreamTls) -> ResumingContext:
         """The client context for ``tls`` settings, made once per pool (its sessions live as long as it)."""
         ctx = self._contexts.get(tls)
@@ -284,12 +309,15 @@ class UpstreamPool:
             sslobj = up.transport.get_extra_info("ssl_object")
             if sslobj is not None:
                 self.tls_context(up.tls).remember(upstream_server_name(up.tls, up.ep.address), sslobj.session)
-        idle = self._idle.setdefault((up.ep, up.tls), [])
+        key = (up.ep, up.tls)
+        idle = self._idle.get(key)
+        if idle is None:
+            idle = self._idle[key] = []
         if not up.reusable or len(idle) >= self.max_idle or idle_timeout <= 0:
             up.close()
             return
         idle.append(up)
-        up.idle_handle = asyncio.get_running_loop().call_later(idle_timeout, up.close)
+        up.idle_for(asyncio.get_running_loop(), idle_timeout)
 
     def forget(self, up: UpstreamProtocol) -> None:
         idle = self._idle.get((up.ep, up.tls))

@@ -170,7 +170,11 @@ def build_state(
     one EndpointSlice change rebuilds one pool. Kept pools equal rebuilt ones (tests/balancing/test_rebuild.py).
     """
     old = previous.pools if previous is not None else {}
-    reuse = _Reuse(previous, catalog, health, overrides) if _Reuse.possible(previous, config, catalog) else None
+    reuse = (
+        _Reuse(previous, catalog, health, overrides)
+        if previous is not None and _Reuse.possible(previous, config, catalog)  # (the None test narrows for mypy)
+        else None
+    )
     specs = list(old) if previous is not None and previous.config is config else pool_specs(config)
     pools: dict[PoolSpec, Pool] = {}
     for spec in specs:

@@ -12,6 +12,7 @@ idle; N is 10,000 unless RLIMIT_NOFILE (fedproxy needs two descriptors per conne
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import resource
 import statistics
@@ -19,7 +20,7 @@ import time
 import tracemalloc
 
 from fedproxy.balancing import build_state
-from fedproxy.catalog import build_catalog
+from fedproxy.catalog import CatalogMemo, build_catalog
 from fedproxy.config import ClusterConfig, Config, HttpConfig, HttpListener, HttpRoute
 from fedproxy.model import (
     ClusterSnapshot,
@@ -90,6 +91,25 @@ def rebuild(snaps: list[ClusterSnapshot], cfg: Config) -> object:
     return build_state(cfg, catalog, now=0.0, version=1)
 
 
+def incremental(snaps: list[ClusterSnapshot], cfg: Config, changes: int = 5) -> list[float]:
+    """ms of build_catalog + build_state with the memo and previous state, after one EndpointSlice change each."""
+    memo = CatalogMemo()
+    state = build_state(cfg, build_catalog(snaps, cfg, 1, memo), now=0.0, version=1)
+    snaps = list(snaps)
+    times = []
+    for i in range(changes):
+        c = i % len(snaps)
+        key = next(iter(snaps[c].endpointslices))
+        sl = snaps[c].endpointslices[key]
+        sl = dataclasses.replace(sl, endpoints=sl.endpoints[1:] + sl.endpoints[:1])  # a new object, as a watch event
+        snaps[c] = snaps[c].with_object("endpointslices", key, sl)
+        t0 = time.perf_counter()
+        catalog = build_catalog(snaps, cfg, i + 2, memo)
+        state = build_state(cfg, catalog, now=0.0, version=i + 2, previous=state)
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
 def columns() -> list[Column]:
     return [
         Column("rebuild_ms", "rebuild ms", "{:,.1f}", better="lower"),
@@ -109,6 +129,7 @@ async def run(ctx: Context) -> Table:
     table = Table("scale", "Scale: catalog rebuild, idle connection memory", columns())
     table.note("idle conns: measured once per run (first round): RSS growth of the fedproxy process tree")
     table.note("rebuild: build_catalog + build_state, one HTTP route (pool) per service, median of 3 per round")
+    table.note("incremental: the same with a CatalogMemo and previous= after one EndpointSlice change, median of 5")
     sizes = QUICK_SIZES if ctx.quick else FULL_SIZES
     idle_name = "fedproxy idle TCP conns"
     for r in range(ctx.rounds):
@@ -116,6 +137,7 @@ async def run(ctx: Context) -> Table:
             name = f"catalog {clusters}x{services:,}x{endpoints}"
             ctx.progress("scale", r, name)
             await asyncio.to_thread(_catalog_round, table, name, clusters, services, endpoints, r == 0)
+            await asyncio.to_thread(_incremental_round, table, name, clusters, services, endpoints)
         if r == 0:
             # Once: the process keeps (and reuses) memory freed when the connections close, so a second
             # round in the same process would measure reuse, not what 10,000 connections cost.
@@ -141,6 +163,13 @@ def _catalog_round(table: Table, name: str, clusters: int, services: int, endpoi
         tracemalloc.stop()
         del state
         table.add(name, "catalog_mib", held / 2**20)
+
+
+def _incremental_round(table: Table, name: str, clusters: int, services: int, endpoints: int) -> None:
+    snaps, cfg = snapshots(clusters, services, endpoints), config(clusters, services)
+    table.add(
+        f"{name} incremental rebuild after one slice change", "rebuild_ms", statistics.median(incremental(snaps, cfg))
+    )
 
 
 class _Idle(asyncio.Protocol):

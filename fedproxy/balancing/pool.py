@@ -195,6 +195,8 @@ class Pool:
 
 def _capped_unhealthy(endpoints: list[Endpoint], health: HealthView, max_percent: float) -> frozenset[Endpoint]:
     """Down endpoints of one pool, with outlier ejections beyond ``max_percent`` of it readmitted here."""
+    if not health.unhealthy:
+        return frozenset()
     down = {ep for ep in endpoints if ep in health.unhealthy}
     ejected = [ep for ep in down if ep in health.ejected]
     allowed = max(1, math.floor(max_percent * len(endpoints) / 100.0))
@@ -301,7 +303,7 @@ def build_pool(
         healthy_t: list[bool] = []
         cap_t = 0.0
         for _name, _weight, eps, capacity in by_rank[rank]:
-            up = [ep not in down for ep in eps]
+            up = [ep not in down for ep in eps] if down else [True] * len(eps)
             eps_t.extend(eps)
             healthy_t.extend(up)
             cap_t += capacity if capacity >= 0 else sum(up)
@@ -371,9 +373,10 @@ def build_pool(
                 degrade = min(1.0, op * h / n)
             per_ep = tier_weight * degrade / h if route_weights and h else tier_weight * degrade
             base = tier_weight / n if route_weights else tier_weight
+            ramping = window > 0 and bool(health.since)  # else every ramp is 1: skip the per-endpoint lookups
             for j, ep in enumerate(eps):
                 ok = panic or t.healthy[k + j]
-                ramp = _ramp(ep, health, window, now)
+                ramp = _ramp(ep, health, window, now) if ramping else 1.0
                 if ramp < 1.0:
                     ramp_ends.append(min(health.since[ep] + window, now + window / SLOW_START_STEPS))
                     ramps[ep] = ramp

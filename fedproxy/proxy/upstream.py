@@ -27,7 +27,7 @@ from .flow import FlowControl
 
 log = logging.getLogger("fedproxy.proxy.upstream")
 
-MAX_IDLE_PER_ENDPOINT = 32  # idle keep-alive connections kept per endpoint (nginx keepalive default is 32)
+MAX_IDLE_PER_ENDPOINT = 128  # idle keep-alive connections kept per endpoint (more than a busy listener has in flight)
 UPSTREAM_FULL = "upstream-full"  # the reason the client's reading is paused for our back-pressure
 MAX_RESPONSE_HEAD = 64 * 1024  # bytes; a larger response head is a broken upstream
 

@@ -206,15 +206,23 @@ async def forward(
             if client.up is not None and outcome != "status":
                 _drop_upstream(client)
             retry = outcome != "timeout" and may_retry(req, policy, retries, kinds, sent) and not client.closing
-            if retry and (limit := pool.breaker.try_retry()) is not None:
-                retry = False  # over the pool's retry budget: answer with this attempt's outcome (Envoy)
-                if limit == "retry_budget":
-                    count_budget_exhausted(service)
+            # The budget protects upstreams from retry storms of answered requests (5xx). A try that got no
+            # response byte (refused, failed connect, a stale keep-alive connection reset) is retried outside
+            # it, as TCP connect retries are: otherwise a pod that dies under load turns into failed requests
+            # whenever more than the budget's floor of clients hit it at once.
+            budgeted = False
+            if retry and outcome == "status":
+                if (limit := pool.breaker.try_retry()) is not None:
+                    retry = False  # over the pool's retry budget: answer with this attempt's outcome (Envoy)
+                    if limit == "retry_budget":
+                        count_budget_exhausted(service)
+                    else:
+                        count_rejection(service, limit)
+                    log.info("event=http_retry_refused service=%s limit=%s", service, limit)
                 else:
-                    count_rejection(service, limit)
-                log.info("event=http_retry_refused service=%s limit=%s", service, limit)
+                    budgeted = True
             if retry:
-                retrying = True
+                retrying = budgeted
                 if client.up is not None:  # a held 5xx we retry instead of passing on
                     _drop_upstream(client)
                 retries += 1

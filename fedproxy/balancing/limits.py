@@ -52,6 +52,11 @@ class Limits:
         )
 
 
+# Which Limits field bounds each counter (looked up per request: a constant, not a dict built each time).
+_LIMIT_FIELD = {"connections": "max_connections", "pending": "max_pending", "requests": "max_requests",
+                "retries": "max_retries"}  # fmt: skip
+
+
 class CircuitBreaker:
     """In-flight counters of one pool against its limits (0 or less = unlimited)."""
 
@@ -63,13 +68,7 @@ class CircuitBreaker:
         self.refused: dict[str, int] = {"connections": 0, "pending": 0, "requests": 0, "retries": 0}
 
     def _max(self, kind: str) -> int:
-        lim = self.limits
-        return {
-            "connections": lim.max_connections,
-            "pending": lim.max_pending,
-            "requests": lim.max_requests,
-            "retries": lim.max_retries,
-        }[kind]
+        return getattr(self.limits, _LIMIT_FIELD[kind])  # type: ignore[no-any-return]
 
     def try_acquire(self, kind: LimitKind) -> str | None:
         """Count one more ``kind``; None when allowed, else why not (e.g. "circuit open: 1024 requests")."""

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedproxy.catalog import Catalog, CatalogMemo, build_catalog, cluster_backends, select_port
+from fedproxy.backends import cluster_backends, select_port
+from fedproxy.catalog import Catalog, CatalogMemo, build_catalog
 from fedproxy.config import ClusterConfig, ClustersetConfig, Config, ExportConfig
 from fedproxy.model import (
     OBJECT_KINDS,

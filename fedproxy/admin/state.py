@@ -11,8 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..backends import cluster_backends
 from ..balancing import Pool, ServingState
-from ..catalog import CatalogService, ClusterInfo, cluster_backends
+from ..catalog import CatalogService, ClusterInfo
 from ..model import Endpoint, empty_map
 
 TIER_NAMES = {0: "local", 1: "zone", 2: "region", 3: "any"}

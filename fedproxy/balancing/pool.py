@@ -40,7 +40,8 @@ import random
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 
-from ..catalog import Catalog, cluster_backends
+from ..backends import cluster_backends
+from ..catalog import Catalog
 from ..config import Algorithm, BalancingConfig, HashConfig
 from ..model import BackendChoice, Endpoint, ServiceKey, empty_map
 from .health import HealthView

@@ -24,9 +24,10 @@ import dns.rdata
 import dns.rdatatype
 import dns.rdtypes.IN.SRV
 
+from ..backends import cluster_backends, usable_pods
 from ..balancing import ServingState
 from ..balancing.tiers import tier_of
-from ..catalog import CatalogService, ClusterInfo, ClusterService, Pod, cluster_backends, usable_pods
+from ..catalog import CatalogService, ClusterInfo, ClusterService, Pod
 from ..config import Config, DnsConfig
 from ..model import BackendChoice, Endpoint, ServiceKey, ServicePort
 from .table import IN, AnswerTable, RoundRobinState, TableBuilder, address_rrsets, family_addresses, rrset

@@ -21,7 +21,7 @@ from ..config import Config, HttpListener
 from ..model import Endpoint
 from ..tls.certs import CertError, current_stamp
 from ..tls.context import ServerTls
-from . import h2_protocol, http_forward
+from . import h2_protocol, http_forward, http_log
 from .h2_upstream import H2UpstreamPool
 from .http_protocol import HttpProxyProtocol
 from .http_request import Request
@@ -29,6 +29,7 @@ from .router import Router, build_router
 from .upstream import UpstreamPool
 
 TLS_POLL = 2.0  # s between checks of certificate files' mtimes (a stat per file; renewals are rare)
+METRICS_FLUSH = 1.0  # s between moves of the per-request plain-int counts into prometheus (http_log.flush)
 
 log = logging.getLogger("fedproxy.proxy.http")
 
@@ -58,6 +59,7 @@ class HttpProxyServer:
         self.name = listener.name or f"http-{listener.port}"
         self.router: Router = build_router(listener, config)
         self.access_log = config.http.access_log
+        self.log_on = self._log_on()
         self.upstreams = UpstreamPool()
         self.h2_upstreams = H2UpstreamPool()  # HTTP/2 hook: routes with upstream_protocol h2c/h2
         self.upstream_idle = max((r.timeouts.idle for r in listener.routes), default=60.0)
@@ -93,6 +95,7 @@ class HttpProxyServer:
         self.port = self._server.sockets[0].getsockname()[1]
         if self.tls is not None:
             self.tasks.spawn("tls-files", self._watch_tls_files())
+        self.tasks.spawn("metrics-flush", self._flush_metrics())
         log.info("event=http_listening listener=%s address=%s port=%d", self.name, self.listener.address, self.port)
 
     def make_protocol(self, loop: asyncio.AbstractEventLoop) -> asyncio.Protocol:
@@ -107,11 +110,21 @@ class HttpProxyServer:
         self.listener = listener
         self.config = config
         self.access_log = config.http.access_log
+        self.log_on = self._log_on()
         self.upstream_idle = max((r.timeouts.idle for r in listener.routes), default=60.0)
         if self.tls is not None and listener.tls is not None:
             self._reload_tls("config_reload")
         elif (self.tls is None) != (listener.tls is None):
             log.warning("event=tls_toggle_ignored listener=%s reason=needs_new_listener", self.name)
+
+    def _log_on(self) -> bool:
+        """Whether requests are access-logged (decided per config, not per request)."""
+        return self.access_log != "off" and http_log.access_log.isEnabledFor(logging.INFO)
+
+    async def _flush_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_FLUSH)
+            http_log.flush()
 
     # TLS certificates: re-read on reload and when the files change (new handshakes only).
 
@@ -199,6 +212,7 @@ class HttpProxyServer:
             if conn.transport is not None:
                 conn.transport.abort()
         await self.tasks.close()
+        http_log.flush()
         self.upstreams.close()
         self.h2_upstreams.close()
         if self._server is not None:

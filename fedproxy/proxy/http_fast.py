@@ -65,7 +65,7 @@ def start(server: HttpProxyServer, client: HttpProxyProtocol, req: Request) -> b
     server.count_fast()
     pool.started(ep)
     ex = FastExchange(server, client, req, up, route, pool, ep, hash_key, pinned)
-    up.begin(ex, req.method == b"HEAD")
+    up.begin(ex, req.method == b"HEAD", client)
     up.attach_flow(client.inbound)
     client.up = up
     client.flow.set_source(up.transport)

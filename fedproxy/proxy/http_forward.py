@@ -299,7 +299,7 @@ async def _attempt(
         req.head_waiter = loop.create_future()
         req.done_waiter = None
         req.resp_pending, req.sent_body, req.committed = [], False, False
-        up.begin(ex, req.method == b"HEAD")
+        up.begin(ex, req.method == b"HEAD", client)
         up.attach_flow(client.inbound)
         client.up = up
         client.flow.set_source(up.transport)
@@ -309,12 +309,10 @@ async def _attempt(
             websocket=req.websocket, scheme=client.scheme,
         )  # fmt: skip
         sent_at = loop.time()
-        up.transport.write(head)  # type: ignore[union-attr]
         if req.replay:
-            for framed in req.replay:
-                up.transport.write(framed)  # type: ignore[union-attr]
+            head = b"".join((head, *req.replay))  # one write (one send) for the head and the replayed body
             req.sent_body = True
-        client.flush_pending(req)
+        client.flush_pending(req, head)
         try:
             async with asyncio.timeout(_bounded(timeouts.response_header, deadline, loop)):
                 await req.head_waiter
@@ -497,11 +495,11 @@ def access(
     ep: Endpoint | None,
     retries: int,
 ) -> None:
-    service = str(route.spec.service) if route else "-"
+    service = route.service_name if route else "-"
     cluster = ep.cluster if ep else "-"
     server.count(req.status)
     http_log.count_request(server.name, service, cluster, req.status)
-    if server.access_log == "off":
+    if not server.log_on:
         return
     http_log.log_access(
         server.access_log,

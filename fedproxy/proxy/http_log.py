@@ -1,7 +1,11 @@
 """What the HTTP proxy reports per request: one access-log line and the Prometheus counters.
 
-The metric objects are defined once here; labelled children are cached in dicts keyed by label tuples,
-because ``labels()`` costs a lock and a tuple build per call, which is most of a request's metric budget.
+Per request only plain ints move: request counts in a dict keyed by (listener, service, cluster, code) and
+upstream latencies as per-bucket counts plus a sum in a list per (listener, service, cluster). ``flush``
+moves them into the prometheus metrics (``inc(n)``, and the histogram's bucket values directly, since it has
+no ``observe`` for n samples); it runs when the default registry is scraped (``_FlushHotCounts`` is
+registered before the metrics) and every second from each listener (multiprocess mode: a worker's values
+reach the control process's scrape through its files, so they must not wait for a scrape of the worker).
 The access log goes to the ``fedproxy.access`` logger: logfmt by default, JSON on request, nothing when off.
 """
 
@@ -9,11 +13,30 @@ from __future__ import annotations
 
 import json
 import logging
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 access_log = logging.getLogger("fedproxy.access")
+
+
+class _FlushHotCounts(Collector):
+    """Moves the plain-int counts into the metrics below when the default registry is collected (it is
+    registered first, and a registry collects in registration order)."""
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # registering must not collect (flush is defined below)
+
+    def collect(self) -> Iterator[Metric]:
+        flush()
+        return iter(())
+
+
+REGISTRY.register(_FlushHotCounts())
 
 REQUESTS = Counter(
     "fedproxy_http_requests_total",
@@ -24,29 +47,53 @@ UPSTREAM_LATENCY = Histogram(
     "fedproxy_http_upstream_latency_seconds",
     "Time from sending the request upstream to the response head",
     ["listener", "service", "cluster"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    buckets=(_BOUNDS := (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)),
 )
 RETRIES = Counter("fedproxy_http_retries_total", "Upstream retries, by listener and service", ["listener", "service"])
 
 _requests: dict[tuple[str, str, str, int], Any] = {}
 _latency: dict[tuple[str, str, str], Any] = {}
 _retries: dict[tuple[str, str], Any] = {}
+# Not yet flushed: request counts, and per latency key [sum, count in bucket 0, ..., count above the last bound].
+_counts: dict[tuple[str, str, str, int], int] = {}
+_latencies: dict[tuple[str, str, str], list[float]] = {}
+_EMPTY_LATENCY = [0.0] * (len(_BOUNDS) + 2)
 
 
 def count_request(listener: str, service: str, cluster: str, code: int) -> None:
     key = (listener, service, cluster, code)
-    child = _requests.get(key)
-    if child is None:
-        child = _requests[key] = REQUESTS.labels(listener, service, cluster, str(code))
-    child.inc()
+    _counts[key] = _counts.get(key, 0) + 1
 
 
 def observe_latency(listener: str, service: str, cluster: str, seconds: float) -> None:
     key = (listener, service, cluster)
-    child = _latency.get(key)
-    if child is None:
-        child = _latency[key] = UPSTREAM_LATENCY.labels(*key)
-    child.observe(seconds)
+    acc = _latencies.get(key)
+    if acc is None:
+        acc = _latencies[key] = _EMPTY_LATENCY.copy()
+    acc[0] += seconds
+    acc[bisect_left(_BOUNDS, seconds) + 1] += 1  # the first bucket whose bound is >= seconds, as observe() does
+
+
+def flush() -> None:
+    """Move the counts gathered since the last flush into the prometheus metrics."""
+    global _counts, _latencies
+    counts, _counts = _counts, {}
+    latencies, _latencies = _latencies, {}
+    for key, n in counts.items():
+        child = _requests.get(key)
+        if child is None:
+            listener, service, cluster, code = key
+            child = _requests[key] = REQUESTS.labels(listener, service, cluster, str(code))
+        child.inc(n)
+    for lkey, acc in latencies.items():
+        hist = _latency.get(lkey)
+        if hist is None:
+            hist = _latency[lkey] = UPSTREAM_LATENCY.labels(*lkey)
+        # prometheus_client keeps one value per bucket (not cumulative) and the sum: add to them directly.
+        hist._sum.inc(acc[0])
+        for value, n in zip(hist._buckets, acc[1:], strict=True):
+            if n:
+                value.inc(n)
 
 
 def count_retry(listener: str, service: str) -> None:

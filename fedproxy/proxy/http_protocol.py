@@ -72,6 +72,8 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.tunnel: UpstreamProtocol | None = None
         self.upgrade_seen = False
         self.rng = random.Random()
+        self.corked = False
+        self.wbuf: list[bytes] = []  # writes gathered while corked
         # Per request.
         self.req: Request | None = None  # the request being parsed
         self.active: Request | None = None  # the request being proxied
@@ -252,11 +254,18 @@ class HttpProxyProtocol(asyncio.Protocol):
         req.sent_body = True
         req.keep_for_replay(framed)
 
-    def flush_pending(self, req: Request) -> None:
-        """Write body bytes that arrived before the upstream head went out."""
+    def flush_pending(self, req: Request, head: bytes) -> None:
+        """Write ``head`` and the body bytes that arrived before it went out upstream, in one write."""
+        up = self.up
         pending, req.pending = req.pending, []
-        for framed in pending:
-            self._send_body(req, framed)
+        if up is not None and up.transport is not None:
+            if pending:
+                body = b"".join(pending)
+                up.transport.write(head + body)
+                req.sent_body = True
+                req.keep_for_replay(body)
+            else:
+                up.transport.write(head)
         self.inbound.resume_reading("body")
 
     def _start(self, req: Request) -> None:
@@ -282,8 +291,23 @@ class HttpProxyProtocol(asyncio.Protocol):
             self.set_deadline(KEEPALIVE_IDLE, self._close)
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closing:
+        if self.corked:
+            self.wbuf.append(data)
+        elif self.transport is not None and not self.closing:
             self.transport.write(data)
+
+    # While an upstream connection's bytes are parsed the client's writes are gathered (``cork``) and sent in
+    # one write (``uncork``): a small response's head and body, arriving together, cost one send, not two.
+
+    def cork(self) -> None:
+        self.corked = True
+
+    def uncork(self) -> None:
+        self.corked = False
+        buf = self.wbuf
+        if buf:
+            self.wbuf = []
+            self.write(buf[0] if len(buf) == 1 else b"".join(buf))
 
     def start_tunnel(self, up: UpstreamProtocol, req: Request) -> None:
         """After a 101: splice bytes both ways until either side closes."""
@@ -349,6 +373,8 @@ class HttpProxyProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         self._cancel_timer()
+        if self.corked:
+            self.uncork()  # what was gathered goes out before the close
         if self.transport is not None and not self.closing:
             self.closing = True
             self.transport.close()

@@ -51,6 +51,13 @@ class Sink(Protocol):
     def on_informational(self, up: UpstreamProtocol) -> None: ...
 
 
+class Writer(Protocol):
+    """The client connection a response goes to: its writes are gathered while we parse (one send)."""
+
+    def cork(self) -> None: ...
+    def uncork(self) -> None: ...
+
+
 class UpstreamProtocol(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, ep: Endpoint, tls: UpstreamTls | None = None) -> None:
         # Per connection.
@@ -65,7 +72,8 @@ class UpstreamProtocol(asyncio.Protocol):
         self.idle_until: float | None = None  # while idle in the pool: closed at this loop time
         # Per response.
         self.sink: Sink | None = None
-        self.parser: httptools.HttpResponseParser | None = None
+        self.writer: Writer | None = None
+        self.parser: httptools.HttpResponseParser | None = None  # kept from one response to the next
         self.head_request = False
         self.status = 0
         self.reason = b""
@@ -80,11 +88,14 @@ class UpstreamProtocol(asyncio.Protocol):
         self.keep_alive = True
         self.upgraded = False
 
-    def begin(self, sink: Sink, head_request: bool) -> None:
-        """Start a request/response on this connection for ``sink`` (the caller writes the request)."""
+    def begin(self, sink: Sink, head_request: bool, writer: Writer | None = None) -> None:
+        """Start a request/response on this connection for ``sink`` (the caller writes the request); ``writer``
+        (the client connection), if given, is corked while response bytes are parsed."""
         self.idle_until = None  # the idle timer, if armed, finds it busy and lets it be (see _idle_check)
         self.sink = sink
-        self.parser = httptools.HttpResponseParser(self)
+        self.writer = writer
+        if self.parser is None:  # llhttp parses the next response of a keep-alive connection with the same parser
+            self.parser = httptools.HttpResponseParser(self)
         self.head_request = head_request
         self.status, self.reason, self.headers, self.head_bytes = 0, b"", [], 0
         self.content_length = self.chunked = self.got_bytes = self.head_done = self.complete = False
@@ -99,6 +110,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def detach(self) -> None:
         self.sink = None
+        self.writer = None
         flow, self.client_flow = self.client_flow, None
         if flow is not None:
             flow.resume_reading(UPSTREAM_FULL)
@@ -143,6 +155,9 @@ class UpstreamProtocol(asyncio.Protocol):
             sink.on_tunnel_data(data)
             return
         self.got_bytes = True
+        writer = self.writer
+        if writer is not None:
+            writer.cork()
         try:
             self.parser.feed_data(data)  # type: ignore[union-attr]
         except httptools.HttpParserUpgrade as exc:
@@ -157,8 +172,12 @@ class UpstreamProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(f"bad response: {exc}")
             return
+        finally:
+            if writer is not None:
+                writer.uncork()
         if self.head_done and not self.complete and self.head_request:
             self.complete = True  # a HEAD response has no body whatever its Content-Length says
+            self.parser = None  # which the parser would wait for: the next response needs a fresh one
         if self.complete and not self.told:
             # Told once the parser has returned: the sink may put this connection back in the pool (and the
             # next request may take it and start a new parser) from this call.
@@ -211,6 +230,10 @@ class UpstreamProtocol(asyncio.Protocol):
 
     # Parser callbacks
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.keep_alive = False  # bytes after the response it asked for: the upstream broke framing
+
     def on_status(self, status: bytes) -> None:
         self.reason += status
 
@@ -228,6 +251,8 @@ class UpstreamProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         assert parser is not None
+        if self.complete:
+            return  # a response after the one asked for (see on_message_begin): never passed on
         self.status = parser.get_status_code()
         if 100 <= self.status < 200 and self.status != 101:
             if self.sink is not None:

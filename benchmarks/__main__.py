@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
-from . import dns, http, scale, tcp
+from . import dns, http, scale, tcp, tls
 from .context import Context
 from .env import LOAD_CORE, Environment
 from .report import Table, plot, write_json
@@ -28,9 +28,11 @@ SCENARIOS: dict[str, Callable[[Context], Awaitable[Table]]] = {
     "tcp": tcp.run,
     "dns": dns.run,
     "scale": scale.run,
+    "https": tls.run_https,
+    "grpc": tls.run_grpc,
 }
 # Timed measurements per round when every subject runs (for the time-left estimate).
-PER_ROUND = {"http": 8, "tcp": 6, "dns": 3, "scale": 0}
+PER_ROUND = {"http": 8, "tcp": 6, "dns": 3, "scale": 0, "https": 3, "grpc": 4}
 RESULTS = Path(__file__).parent / "results"
 WANTED_NOFILE = 65536  # 10,000 idle connections hold two descriptors each in the harness and in fedproxy
 
@@ -38,7 +40,9 @@ WANTED_NOFILE = 65536  # 10,000 idle connections hold two descriptors each in th
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true", help="1 round of 2 s per measurement, smaller scale (< 2 min)")
-    p.add_argument("--scenario", default="http,tcp,dns,scale", help="comma-separated subset of http,tcp,dns,scale")
+    p.add_argument(
+        "--scenario", default="http,tcp,dns,scale", help="comma-separated subset of http,tcp,dns,scale,https,grpc"
+    )
     p.add_argument("--rounds", type=int, default=None, help="repetitions per measurement (default 3; quick 1)")
     p.add_argument("--duration", type=float, default=None, help="s per measurement (default 10; quick 2)")
     p.add_argument("--workers", type=int, default=1, help="passed to `fedproxy run --workers`")

@@ -5,8 +5,9 @@
   nginx backend of the shared environment: requests/s, p50, p99, CPU per request.
 - `grpc`: h2load sending unary gRPC calls (one POST with a 5-byte-header message per call, `te: trailers`) over
   h2c with prior knowledge to fedproxy (`h2c: true` listener, `upstream_protocol: h2c` route), nginx
-  (`listen ... http2` + `grpc_pass`) and HAProxy (`proto h2` on bind and server), all proxying to one grpcio
-  server (a separate process pinned to the load core, generic bytes handler). `direct` is h2load straight to it.
+  (`listen ... http2` + `grpc_pass`) and HAProxy (`proto h2` on bind and server), all proxying to one
+  gRPC backend (nginx pinned to the load core answering every call with a canned message and `grpc-status: 0`;
+  a grpcio client checks each subject once). `direct` is h2load straight to the backend.
 
 Each scenario starts its own fedproxy process (`fedproxy run --config`, pinned to the system-under-test core)
 with the listeners it needs, discovering the shared emulated member; the references are started by PID and
@@ -32,7 +33,7 @@ from .context import Context, run_tool
 from .env import CLUSTER, LOAD_CORE, NAMESPACE, SUT_CORE, slice_for
 from .http import parse_wrk
 from .report import Column, Table
-from .tools import Child, cpu_seconds, ensure, free_port, log, pinned, wait_port
+from .tools import Child, cpu_seconds, ensure, free_port, pinned, wait_port
 
 # h2load is not in tools.PACKAGES (not this module's file); registering it here lets `ensure` install it.
 tools.PACKAGES.setdefault("h2load", "nghttp2-client")
@@ -79,6 +80,36 @@ balancing: {{max_connections: 1000000, max_pending: 1000000, max_requests: 10000
 """
 
 
+def grpc_backend_conf(workdir: Path, port: int) -> str:
+    """nginx answering every unary call with the file `grpc-root/<service>/<method>` (a gRPC message) and an OK
+    status trailer: a gRPC backend in C, so the backend is not what limits the proxies (a grpcio server in
+    Python answers a few thousand calls/s). A POST to a static file is a 405, turned into that file with 200."""
+    return f"""\
+worker_processes 1;
+daemon off;
+user root;
+pid {workdir}/grpc-backend.pid;
+error_log {workdir}/grpc-backend.err warn;
+events {{ worker_connections 30000; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path {workdir}/tmp-body; proxy_temp_path {workdir}/tmp-proxy;
+  fastcgi_temp_path {workdir}/tmp-fcgi; uwsgi_temp_path {workdir}/tmp-uwsgi; scgi_temp_path {workdir}/tmp-scgi;
+  server {{
+    listen 127.0.0.1:{port} http2 backlog=4096;
+    root {workdir}/grpc-root;
+    location / {{
+      default_type application/grpc;
+      add_trailer grpc-status 0 always;
+      add_trailer grpc-message "" always;
+      error_page 405 =200 $uri;
+    }}
+  }}
+}}
+"""
+
+
 def nginx_conf(workdir: Path, https: int, grpc: int, backend: int, grpc_backend: int, cert: Path, key: Path) -> str:
     return f"""\
 worker_processes 1;
@@ -90,7 +121,6 @@ events {{ worker_connections 30000; }}
 http {{
   access_log off;
   keepalive_requests 10000000;
-  http2_max_requests 10000000;
   client_body_temp_path {workdir}/tmp-body; proxy_temp_path {workdir}/tmp-proxy;
   fastcgi_temp_path {workdir}/tmp-fcgi; uwsgi_temp_path {workdir}/tmp-uwsgi; scgi_temp_path {workdir}/tmp-scgi;
   upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; keepalive_requests 10000000; }}
@@ -152,13 +182,7 @@ class Servers:
         cert, key, pem = write_certificate(work)
         backend = ctx.env.ports.backend
         self.grpc_backend = free_port()
-        cmd = [sys.executable, "-m", "benchmarks.tls", "grpc-backend", str(self.grpc_backend)]
-        grpc_child = self._start("grpc-backend", pinned(cmd, LOAD_CORE))
-        if await asyncio.to_thread(wait_port, "127.0.0.1", self.grpc_backend, 20.0):
-            self.ports["direct"] = {"grpc": self.grpc_backend}
-            self.pids["direct"] = grpc_child.pid
-        else:
-            self.errors["direct"] = f"grpc backend did not start: {grpc_child.log_tail()}"
+        self._start_grpc_backend()
         ctx.env.api.apply_all(
             [
                 objects.service(
@@ -193,6 +217,23 @@ class Servers:
             self._check("haproxy", child, p)
         else:
             self.errors["haproxy"] = "haproxy not available"
+
+    def _start_grpc_backend(self) -> None:
+        nginx = ensure("nginx")
+        if not nginx:
+            self.errors["direct"] = "no gRPC backend: nginx is not available"
+            return
+        work = self.ctx.workdir
+        (work / "grpc-root" / "bench.Echo").mkdir(parents=True, exist_ok=True)
+        (work / "grpc-root" / "bench.Echo" / "Unary").write_bytes(GRPC_MESSAGE)
+        conf = work / "grpc-backend.conf"
+        conf.write_text(grpc_backend_conf(work, self.grpc_backend))
+        cmd = [nginx, "-e", str(work / "grpc-backend.err"), "-p", str(work), "-c", str(conf)]
+        child = self._start("grpc-backend", pinned(cmd, LOAD_CORE))
+        if wait_port("127.0.0.1", self.grpc_backend) and grpc_call(self.grpc_backend) == "":
+            self.ports["direct"], self.pids["direct"] = {"grpc": self.grpc_backend}, child.pid
+        else:
+            self.errors["direct"] = f"gRPC backend did not start or answer: {child.log_tail()}"
 
     def _start(self, name: str, cmd: list[str]) -> Child:
         child = Child(name, cmd, self.ctx.workdir / f"{name}.log").start()
@@ -310,7 +351,9 @@ async def run_https(ctx: Context) -> Table:
 async def run_grpc(ctx: Context) -> Table:
     title = f"gRPC unary over h2c, {H2_CONNECTIONS} connections x {H2_STREAMS} streams"
     table = Table("grpc", title, grpc_columns(), reference="nginx")
-    table.note("backend: one grpcio (Python) server process on the load core; direct = h2load to it")
+    table.note(
+        "backend: nginx on the load core answering every call from a file with grpc-status 0; direct = h2load to it"
+    )
     table.note("h2load counts HTTP status only; each subject first passed one real grpcio call")
     return await _run(ctx, table, "grpc", ("direct", "fedproxy", "nginx", "haproxy"), ensure("h2load"), "h2load")
 
@@ -377,28 +420,3 @@ async def _measure(ctx, table, name, pid, cmd, parse, extra) -> None:  # type: i
         if key in result:
             table.add(name, key, result[key])
     table.add(name, "cpu_us", cpu / result["requests"] * 1e6)
-
-
-async def serve_grpc(port: int) -> None:
-    """The gRPC backend: echoes the request bytes of `bench.Echo/Unary` until killed."""
-    import grpc
-    import grpc.aio
-
-    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return request
-
-    handler = grpc.method_handlers_generic_handler("bench.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(unary)})
-    server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1000)])
-    server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    log(f"event=grpc_backend_ready port={port}")
-    await server.wait_for_termination()
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "grpc-backend":
-        asyncio.run(serve_grpc(int(sys.argv[2])))
-    else:
-        print("usage: python -m benchmarks.tls grpc-backend PORT", file=sys.stderr)
-        raise SystemExit(2)

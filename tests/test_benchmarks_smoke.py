@@ -73,3 +73,33 @@ async def test_tiny_run_fills_tables_and_json(tmp_path: Path) -> None:
     assert "name-0.bench.svc.clusterset.local. 5 A 127.1.1.1" in zone_text(
         [("name-0.bench.svc.clusterset.local.", 5, "127.1.1.1")]
     )
+
+
+H2LOAD_OUTPUT = """\
+starting benchmark...
+finished in 2.00s, 8000.00 req/s, 1.29MB/s
+requests: 16094 total, 16144 started, 16094 done, 16000 succeeded, 94 failed, 94 errored, 0 timeout
+status codes: 16000 2xx, 0 3xx, 0 4xx, 3 5xx
+traffic: 2.58MB (2705422) total, 95.42KB (97712) headers (space savings 95.58%), 1.23MB (1286720) data
+                     min         max         mean         sd        +/- sd
+time for request:      155us     28.61ms      1.89ms      1.32ms    79.93%
+"""
+
+
+def test_tls_scenario_pieces(tmp_path: Path) -> None:
+    """The https/grpc scenarios' parsers and generated configs: fedproxy accepts its config with the certificate."""
+    from benchmarks.tls import fedproxy_config, haproxy_conf, parse_h2load, write_certificate
+    from fedproxy.configload import parse_config
+
+    h2 = parse_h2load(H2LOAD_OUTPUT)
+    assert h2 == {"rps": 8000.0, "requests": 16000.0, "errors": 94 + 94 + 3, "mean": 1.89}
+    with pytest.raises(ValueError):
+        parse_h2load("connect failed\n")
+
+    cert, key, pem = write_certificate(tmp_path)
+    assert pem.read_bytes() == cert.read_bytes() + key.read_bytes()
+    config = parse_config(fedproxy_config(tmp_path / "kubeconfig.yaml", 8443, 8080, 9901, cert, key))
+    https, grpc = config.http.listeners
+    assert https.tls is not None and https.tls.certificates[0].cert_file == str(cert)
+    assert grpc.h2c and grpc.routes[0].upstream_protocol == "h2c"
+    assert f"bind 127.0.0.1:8443 ssl crt {pem}" in haproxy_conf(8443, 8080, 1, 2, pem)

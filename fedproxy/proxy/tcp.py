@@ -4,10 +4,17 @@ This module holds the listener's lifecycle (start, ``update``, drain), admission
 per-listener metrics and stats. The per-connection Protocols and the connect with failover are in
 ``tcp_splice``; TLS passthrough routing (``sni_routes``) is in ``tcp_passthrough``.
 
-Limits: one idle timer per connection, re-armed lazily from a last-activity timestamp (not re-created per
-read); ``max_connections`` either closes the excess at once ("close") or holds it accepted, paused and without
-an upstream until a slot frees ("backlog": asyncio cannot pause ``accept()`` itself, so waiting connections
-sit in a FIFO; the kernel's listen backlog queues the ones after them).
+Connection set-up is where Python pays (shared/PERFORMANCE.md), so the per-connection path holds no task, no
+timer and no metric call (issue 9): the first connect attempt is stepped by callbacks
+(``Client.start_connect``); only a passthrough client (waiting for its ClientHello) or a failover after a failed
+attempt gets a task. Timeouts are one listener-wide sweep (``_sweep``, every ``_interval`` s) over the live
+connections: a connect past its deadline is abandoned and fails over, a connection idle for ``idle_timeout``
+is closed (so a timeout fires up to a quarter of itself late, at most 1 s). Metrics are plain ints per
+(listener, member, result) moved into the Prometheus counters at scrape time, every second and on close.
+
+Limits: ``max_connections`` either closes the excess at once ("close") or holds it accepted, paused and
+without an upstream until a slot frees ("backlog": asyncio cannot pause ``accept()`` itself, so waiting
+connections sit in a FIFO; the kernel's listen backlog queues the ones after them).
 """
 
 from __future__ import annotations
@@ -16,19 +23,22 @@ import asyncio
 import hashlib
 import logging
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from ..aio import TaskOwner
-from ..balancing import ServingState
+from ..balancing import Pool, PoolSpec, ServingState
 from ..balancing.metrics import count_rejection
 from ..config import Config, TcpListener
 from ..model import Endpoint
 from .tcp_passthrough import DECODE_ERROR_ALERT, route_by_hello
-from .tcp_splice import Client, Settings, connect
+from .tcp_splice import Attempts, Client, Settings, connect
 
 __all__ = ["DECODE_ERROR_ALERT", "TcpProxyServer", "source_hash"]
 
@@ -39,6 +49,24 @@ try:  # the balancing core's own key function, when it has one, so HTTP and TCP 
     from ..balancing.hashing import hash_key as _balancing_hash_key
 except ImportError:  # pragma: no cover - depends on the balancing package's version
     _balancing_hash_key = None  # type: ignore[assignment]
+
+FLUSH_INTERVAL = 1.0  # s between moves of the plain-int counts into the Prometheus metrics
+_SERVERS: weakref.WeakSet[TcpProxyServer] = weakref.WeakSet()
+
+
+class _FlushCounts(Collector):
+    """Moves every listener's plain-int counts into the TCP metrics when scraped.
+
+    Registered before those metrics, so a registry's collection (in registration order) sees it first.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        for server in list(_SERVERS):
+            server.flush_counts()
+        return iter(())
+
+
+REGISTRY.register(_FlushCounts())
 
 CONNECTIONS = Counter(
     "fedproxy_tcp_connections",
@@ -51,23 +79,18 @@ ACTIVE = Gauge(
     "fedproxy_tcp_active_connections", "Open TCP client connections", ["listener"], multiprocess_mode="livesum"
 )
 
-_children: dict[tuple[Any, ...], Any] = {}
-
-
-def _child(metric: Any, *labels: str) -> Any:
-    """The labelled child of ``metric``, cached: ``labels()`` takes a lock and builds a tuple each call."""
-    key = (metric, *labels)
-    child = _children.get(key)
-    if child is None:
-        child = _children[key] = metric.labels(*labels)
-    return child
-
 
 def source_hash(address: str) -> int:
     """The affinity key for a client address (``hash_source_ip``): stable across processes and restarts."""
     if _balancing_hash_key is not None:
         return int(_balancing_hash_key(address))
     return int.from_bytes(hashlib.blake2b(address.encode(), digest_size=8).digest(), "big")
+
+
+def _sweep_interval(listener: TcpListener) -> float:
+    """How often the sweep runs: a quarter of the shortest timeout, between 50 ms and 1 s."""
+    timeouts = [t for t in (listener.idle_timeout, listener.connect_timeout) if t > 0]
+    return min(1.0, max(0.05, min(timeouts, default=4.0) / 4))
 
 
 class TcpProxyServer:
@@ -90,6 +113,7 @@ class TcpProxyServer:
         self._report = report
         self._reuse_port = reuse_port
         self._settings = Settings(listener, config, self)
+        self._interval = _sweep_interval(listener)
         self._server: asyncio.AbstractServer | None = None
         self._tasks = TaskOwner(f"tcp-{listener.port}")
         self._conns: set[Client] = set()  # accepted and not finished (admitted or waiting)
@@ -98,10 +122,18 @@ class TcpProxyServer:
         self._seq = 0
         self._draining = False
         self._idle_event: asyncio.Event | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._flushed = 0.0
+        # Not yet flushed into the metrics: (listener, cluster, result) -> connections; (listener, cluster) ->
+        # [bytes in, bytes out]; listeners whose active gauge must be set.
+        self._conn_counts: dict[tuple[str, str, str], int] = {}
+        self._byte_counts: dict[tuple[str, str], list[int]] = {}
+        self._listeners: set[str] = {self._settings.name}
         self.port = listener.port
         self.counts = {"accepted": 0, "rejected": 0, "connect_failed": 0, "no_upstream": 0}
         self.bytes_in = 0
         self.bytes_out = 0
+        _SERVERS.add(self)
 
     @property
     def listener(self) -> TcpListener:
@@ -119,11 +151,14 @@ class TcpProxyServer:
             self._protocol, lst.address, lst.port, reuse_address=True, reuse_port=self._reuse_port or None, backlog=1024
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = loop.call_later(self._interval, self._sweep)
         log.info("event=tcp_listen listener=%s address=%s port=%d", self.name, lst.address, self.port)
 
     def update(self, listener: TcpListener, config: Config) -> None:
         """New settings for new connections; open ones keep theirs. Synchronous: no connection sees a mix."""
         self._settings = Settings(listener, config, self)
+        self._listeners.add(self._settings.name)
+        self._interval = min(self._interval, _sweep_interval(listener))  # open connections keep old timeouts
 
     def _protocol(self) -> Client:
         return Client(self._settings)
@@ -143,8 +178,6 @@ class TcpProxyServer:
             conn.finish("over_limit")
             return
         self._conns.add(conn)
-        if conn.s.idle > 0:
-            conn.timer = asyncio.get_running_loop().call_later(conn.s.idle, conn.idle_check)
         if full:
             self._waiting.append(conn)  # backlog: stays paused, without an upstream, until a slot frees
         else:
@@ -153,25 +186,100 @@ class TcpProxyServer:
     def _admit(self, conn: Client) -> None:
         conn.admitted = True
         self._admitted += 1
-        _child(ACTIVE, conn.s.name).inc()
+        s = conn.s
+        if conn.hello is not None and s.sni is not None:
+            self._seq += 1
+            conn.task = self._tasks.spawn(f"c{self._seq}", self._passthrough(conn))
+        else:
+            self._start(conn, s.spec)
+
+    async def _passthrough(self, conn: Client) -> None:
+        """Route a passthrough client by its ClientHello's server name, then connect as any other."""
+        assert conn.s.sni is not None
+        spec = await route_by_hello(conn, conn.s.sni, conn.s.spec)
+        if spec is not None:
+            conn.task = None  # the connect below may start a failover task of its own
+            self._start(conn, spec)
+
+    def _start(self, conn: Client, spec: PoolSpec) -> None:
+        """Pick an endpoint for ``conn`` and start its first connect attempt (no task: ``start_connect``)."""
+        s = conn.s
+        pool = self._get_state().pool(spec)
+        if (refused := pool.breaker.try_acquire("connections")) is not None:
+            count_rejection(str(spec.service), "max_connections")
+            log.warning("event=tcp_circuit_open listener=%s service=%s reason=%r", s.name, spec.service, refused)
+            conn.finish("circuit_open")
+            return
+        conn.pool = pool
+        key = source_hash(conn.peer[0]) if s.listener.hash_source_ip and conn.peer else None
+        ep = pool.pick(key)
+        if ep is None:
+            self._unreachable(conn, pool, None)
+            return
+        conn.start_connect(pool, ep, s.listener.connect_timeout)
+
+    def connect_done(self, conn: Client, exc: Exception | None) -> None:
+        """The first connect attempt's outcome: report it; on failure fail over in a task (or give up)."""
+        ep, pool = conn.ep, conn.pool
+        assert ep is not None and pool is not None
+        if exc is None:
+            self._report(ep, True)
+            return
+        pool.finished(ep)
+        conn.ep = None
+        self._report(ep, False)
+        attempts = Attempts()
+        attempts.tried.append(ep)
+        attempts.note_failure(conn.s.name, ep, exc)
+        if conn.s.listener.connect_attempts <= 1:
+            self._unreachable(conn, pool, attempts)
+            return
         self._seq += 1
-        conn.task = self._tasks.spawn(f"c{self._seq}", self._connect(conn))
+        key = source_hash(conn.peer[0]) if conn.s.listener.hash_source_ip and conn.peer else None
+        conn.task = self._tasks.spawn(f"c{self._seq}", self._failover(conn, pool, key, attempts))
+
+    async def _failover(self, conn: Client, pool: Pool, key: int | None, attempts: Attempts) -> None:
+        if not await connect(conn, pool, key, self._report, attempts):
+            self._unreachable(conn, pool, attempts)
+
+    def _unreachable(self, conn: Client, pool: Pool, attempts: Attempts | None) -> None:
+        """No endpoint answered (``attempts``) or none could be picked: close the client and say why."""
+        s = conn.s
+        if attempts is None or not attempts.tried:
+            self.counts["no_upstream"] += 1
+            log.warning("event=tcp_no_upstream listener=%s service=%s reason=%r", s.name, s.service, pool.reason)
+            conn.finish("no_upstream")
+            return
+        self.counts["connect_failed"] += 1
+        log.warning(
+            "event=tcp_upstream_unreachable listener=%s service=%s attempts=%d error=%s",
+            s.name,
+            s.service,
+            len(attempts.tried),
+            attempts.last_error.replace(" ", "_"),
+        )
+        conn.finish("connect_failed")
 
     def finished(self, conn: Client) -> None:
         if conn.admitted:
             self._admitted -= 1
-            _child(ACTIVE, conn.s.name).dec()
         elif conn in self._waiting:
             self._waiting.remove(conn)
         self._conns.discard(conn)
         self.bytes_in += conn.bytes_in
         self.bytes_out += conn.bytes_out
         s = conn.s
-        cluster = conn.ep.cluster if conn.ep is not None else ""
-        _child(CONNECTIONS, s.name, cluster, conn.result).inc()
-        if conn.ep is not None:
-            _child(BYTES_IN, s.name, cluster).inc(conn.bytes_in)
-            _child(BYTES_OUT, s.name, cluster).inc(conn.bytes_out)
+        ep = conn.ep
+        cluster = ep.cluster if ep is not None else ""
+        key = (s.name, cluster, conn.result)
+        counts = self._conn_counts
+        counts[key] = counts.get(key, 0) + 1
+        if ep is not None:
+            pair = self._byte_counts.get((s.name, cluster))
+            if pair is None:
+                pair = self._byte_counts[(s.name, cluster)] = [0, 0]
+            pair[0] += conn.bytes_in
+            pair[1] += conn.bytes_out
         if access_log.isEnabledFor(logging.INFO):
             peer = conn.peer
             access_log.info(
@@ -180,7 +288,7 @@ class TcpProxyServer:
                 s.name,
                 s.service,
                 cluster or "-",
-                f"{conn.ep.address}:{conn.ep.port}" if conn.ep is not None else "-",
+                f"{ep.address}:{ep.port}" if ep is not None else "-",
                 f"{peer[0]}:{peer[1]}" if peer else "-",
                 conn.bytes_in,
                 conn.bytes_out,
@@ -198,40 +306,38 @@ class TcpProxyServer:
         if self._idle_event is not None and not self._conns:
             self._idle_event.set()
 
-    async def _connect(self, conn: Client) -> None:
-        """Pick and connect an upstream for ``conn``; close the client when none answers."""
-        s = conn.s
-        spec = s.spec
-        if conn.hello is not None and s.sni is not None:
-            found = await route_by_hello(conn, s.sni, spec)
-            if found is None:
-                return
-            spec = found
-        pool = self._get_state().pool(spec)
-        if (refused := pool.breaker.try_acquire("connections")) is not None:
-            count_rejection(str(spec.service), "max_connections")
-            log.warning("event=tcp_circuit_open listener=%s service=%s reason=%r", s.name, spec.service, refused)
-            conn.finish("circuit_open")
-            return
-        conn.pool = pool
-        key = source_hash(conn.peer[0]) if s.listener.hash_source_ip and conn.peer else None
-        tried, last_error = await connect(conn, pool, key, self._report)
-        if tried and not last_error:
-            return
-        if not tried:
-            self.counts["no_upstream"] += 1
-            log.warning("event=tcp_no_upstream listener=%s service=%s reason=%r", s.name, s.service, pool.reason)
-            conn.finish("no_upstream")
-        else:
-            self.counts["connect_failed"] += 1
-            log.warning(
-                "event=tcp_upstream_unreachable listener=%s service=%s attempts=%d error=%s",
-                s.name,
-                s.service,
-                tried,
-                last_error.replace(" ", "_"),
-            )
-            conn.finish("connect_failed")
+    # Timeouts and metrics
+
+    def _sweep(self) -> None:
+        """Time out connects past their deadline and idle connections; flush the counts once a second."""
+        now = time.monotonic()
+        for conn in list(self._conns):
+            if conn.done:
+                continue
+            if conn.coro is not None and now >= conn.deadline:
+                conn.abandon_connect()
+                self.connect_done(conn, TimeoutError())
+            elif conn.s.idle > 0 and now - conn.last >= conn.s.idle:
+                conn.finish("idle_timeout", "stuck")
+        if now - self._flushed >= FLUSH_INTERVAL:
+            self.flush_counts()
+        self._sweeper = asyncio.get_running_loop().call_later(self._interval, self._sweep)
+
+    def flush_counts(self) -> None:
+        """Move the plain-int counts into ``fedproxy_tcp_*``; set the active gauge."""
+        self._flushed = time.monotonic()
+        counts, self._conn_counts = self._conn_counts, {}
+        for labels, n in counts.items():
+            CONNECTIONS.labels(*labels).inc(n)
+        byte_counts, self._byte_counts = self._byte_counts, {}
+        for labels, (sent, received) in byte_counts.items():
+            if sent:
+                BYTES_IN.labels(*labels).inc(sent)
+            if received:
+                BYTES_OUT.labels(*labels).inc(received)
+        name = self._settings.name
+        for listener in self._listeners:
+            ACTIVE.labels(listener).set(self._admitted if listener == name else 0)
 
     # Lifecycle
 
@@ -252,6 +358,10 @@ class TcpProxyServer:
         for conn in list(self._conns):
             conn.finish("drained", "stuck")
         await self._tasks.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self.flush_counts()
         if self._server is not None:
             server, self._server = self._server, None
             # Some loops (uvloop, CPython >= 3.12) also wait here for accepted transports to go away; one

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from ..balancing import Pool, PoolSpec, tcp_spec
@@ -54,6 +55,8 @@ class Owner(Protocol):
     def accepted(self, conn: Client) -> None: ...
 
     def finished(self, conn: Client) -> None: ...
+
+    def connect_done(self, conn: Client, exc: Exception | None) -> None: ...
 
 
 def close_transport(transport: asyncio.Transport | None, how: str = "close") -> None:
@@ -119,7 +122,7 @@ class Upstream(asyncio.Protocol):
 
 
 class Client(asyncio.Protocol):
-    """The client side of one splice; owns the connection's state, its timers and its accounting."""
+    """The client side of one splice; owns the connection's state and its accounting."""
 
     __slots__ = (
         "s",
@@ -134,8 +137,10 @@ class Client(asyncio.Protocol):
         "bytes_out",
         "started",
         "last",
-        "timer",
         "task",
+        "coro",
+        "waiter",
+        "deadline",
         "client_eof",
         "server_eof",
         "result",
@@ -157,8 +162,12 @@ class Client(asyncio.Protocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self.started = self.last = time.monotonic()
-        self.timer: asyncio.TimerHandle | None = None
-        self.task: asyncio.Task[Any] | None = None
+        self.task: asyncio.Task[Any] | None = None  # slow path only: passthrough, failover after a failed connect
+        # The first connect attempt, driven by callbacks (``_step``) instead of a task; ``deadline`` is when
+        # the listener's sweep times it out (monotonic s).
+        self.coro: Coroutine[Any, Any, Any] | None = None
+        self.waiter: Any = None  # the future ``coro`` waits on
+        self.deadline = 0.0
         self.client_eof = self.server_eof = False
         self.result = ""
         self.done = False
@@ -259,15 +268,55 @@ class Client(asyncio.Protocol):
         if self.upstream is upstream and not self.done:
             self.finish("upstream_reset" if exc is not None else "ok")
 
-    # Lifecycle
+    # The first connect attempt
 
-    def idle_check(self) -> None:
-        remaining = self.last + self.s.idle - time.monotonic()
-        if remaining > 0:
-            self.timer = asyncio.get_running_loop().call_later(remaining, self.idle_check)
+    def start_connect(self, pool: Pool, ep: Endpoint, timeout: float) -> None:
+        """Connect to ``ep`` without a task: ``loop.create_connection``'s coroutine is stepped from the done
+        callbacks of the futures it waits on (what a Task does, minus the Task, its registration and its
+        scheduling); the outcome goes to ``owner.connect_done``. A timeout is enforced by the listener's sweep.
+        """
+        self.ep = ep
+        pool.started(ep)
+        self.deadline = time.monotonic() + timeout if timeout > 0 else float("inf")
+        self.coro = asyncio.get_running_loop().create_connection(self._new_upstream, ep.address, ep.port)
+        self._step(None)
+
+    def _new_upstream(self) -> Upstream:
+        return Upstream(self)
+
+    def _step(self, _: object) -> None:
+        coro = self.coro
+        if coro is None:  # finished or timed out meanwhile: the coroutine was closed
+            return
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            self.coro = self.waiter = None
+            self.s.owner.connect_done(self, None)
+            return
+        except Exception as exc:  # the connect failed (OSError) or the loop refused it
+            self.coro = self.waiter = None
+            self.s.owner.connect_done(self, exc)
+            return
+        if waiting is None:  # a bare yield (sleep(0)): step again on the next loop iteration
+            asyncio.get_running_loop().call_soon(self._step, None)
         else:
-            self.timer = None
-            self.finish("idle_timeout", "stuck")
+            waiting._asyncio_future_blocking = False  # as Task.__step does before it waits on the future
+            waiting.add_done_callback(self._step)
+            self.waiter = waiting
+
+    def abandon_connect(self) -> None:
+        """Stop the first connect attempt (closing its coroutine closes its socket)."""
+        coro, self.coro = self.coro, None
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            # Cancelled first, as a Task's cancel would: the loop's own callbacks on it unregister the socket
+            # (asyncio's sock_connect leaves a writer on the fd otherwise, and the fd number is reused).
+            waiter.cancel()
+        if coro is not None:
+            coro.close()
+
+    # Lifecycle
 
     def finish(self, result: str, how: str = "close") -> None:
         """End the connection once: close both sides, release the slot and the endpoint, log and count."""
@@ -275,8 +324,8 @@ class Client(asyncio.Protocol):
             return
         self.done = True
         self.result = result
-        if self.timer is not None:
-            self.timer.cancel()
+        if self.coro is not None:
+            self.abandon_connect()
         if self.task is not None and not self.task.done():
             self.task.cancel()
         if result.endswith("_reset"):
@@ -291,56 +340,71 @@ class Client(asyncio.Protocol):
         self.s.owner.finished(self)
 
 
-async def connect(conn: Client, pool: Pool, key: int | None, report: Any) -> tuple[int, str]:
-    """Try endpoints of ``pool`` until one answers or ``connect_attempts`` are spent.
+class Attempts:
+    """The failover state of one connection's connect: endpoints tried, failures per member, members down."""
 
-    Returns (attempts made, last error); attempts 0 means the pool had nothing to pick. On success
-    ``conn.ep`` is the endpoint and ``report(ep, ok)`` was told the outcome of every attempt.
+    __slots__ = ("tried", "failed", "down", "last_error")
+
+    def __init__(self) -> None:
+        self.tried: list[Endpoint] = []
+        self.failed: dict[str, int] = {}  # member -> failed attempts in this connection
+        self.down: set[str] = set()  # members that look down: prefer the others
+        self.last_error = ""
+
+    def note_failure(self, name: str, ep: Endpoint, exc: BaseException) -> None:
+        """Record a failed attempt at ``ep`` (already in ``tried``) and log it."""
+        timed_out = isinstance(exc, TimeoutError)
+        self.last_error = "timeout" if timed_out else (getattr(exc, "strerror", None) or type(exc).__name__)
+        self.failed[ep.cluster] = self.failed.get(ep.cluster, 0) + 1
+        # No answer at all (timeout) or a second failure in the same member: the member looks down,
+        # while one refused connect only says that pod is gone.
+        if timed_out or self.failed[ep.cluster] >= 2:
+            self.down.add(ep.cluster)
+        log.info(
+            "event=tcp_connect_failed listener=%s endpoint=%s error=%s attempt=%d",
+            name,
+            ep,
+            self.last_error.replace(" ", "_"),
+            len(self.tried),
+        )
+
+    def pick(self, pool: Pool, key: int | None) -> Endpoint | None:
+        """The next endpoint to try: never one tried, a member that looks down only when no other is left."""
+        ep = None
+        if self.down:
+            avoid = [e for e in pool.endpoints if e.cluster in self.down]
+            ep = pool.pick(key, exclude=self.tried + avoid)
+        if ep is None:
+            ep = pool.pick(key, exclude=self.tried)
+        if ep is not None:
+            self.tried.append(ep)
+        return ep
+
+
+async def connect(conn: Client, pool: Pool, key: int | None, report: Any, attempts: Attempts) -> bool:
+    """Try endpoints of ``pool`` until one answers or ``connect_attempts`` (counting those already in
+    ``attempts``) are spent; True when one answered (``conn.ep``). ``report(ep, ok)`` is told every outcome.
     """
     # Connect retries are not held to the retry budget (as Envoy's tcp_proxy): a refused connect sends no
     # byte, so retrying it elsewhere adds no load a client would not bring anyway, and a pod dying under a
     # few clients must not close them (tests/reliability/test_backend_faults.py).
-    s = conn.s
-    lst = s.listener
+    lst = conn.s.listener
     loop = asyncio.get_running_loop()
-    tried: list[Endpoint] = []
-    failed: dict[str, int] = {}  # member -> failed attempts in this connection
-    down: set[str] = set()  # members that look down: prefer the others
-    last_error = ""
-    for _ in range(max(1, lst.connect_attempts)):
-        ep = None
-        if down:
-            avoid = [e for e in pool.endpoints if e.cluster in down]
-            ep = pool.pick(key, exclude=tried + avoid)
-        if ep is None:
-            ep = pool.pick(key, exclude=tried)
+    while len(attempts.tried) < max(1, lst.connect_attempts):
+        ep = attempts.pick(pool, key)
         if ep is None:
             break
-        tried.append(ep)
         conn.ep = ep
         pool.started(ep)
         try:
             async with asyncio.timeout(lst.connect_timeout if lst.connect_timeout > 0 else None):
-                await loop.create_connection(lambda: Upstream(conn), ep.address, ep.port)
+                await loop.create_connection(conn._new_upstream, ep.address, ep.port)
         except (OSError, TimeoutError) as exc:
             pool.finished(ep)
             conn.ep = None
             report(ep, False)
-            timed_out = isinstance(exc, TimeoutError)
-            last_error = "timeout" if timed_out else (exc.strerror or type(exc).__name__)
-            failed[ep.cluster] = failed.get(ep.cluster, 0) + 1
-            # No answer at all (timeout) or a second failure in the same member: the member looks down,
-            # while one refused connect only says that pod is gone.
-            if timed_out or failed[ep.cluster] >= 2:
-                down.add(ep.cluster)
-            log.info(
-                "event=tcp_connect_failed listener=%s endpoint=%s error=%s attempt=%d",
-                s.name,
-                ep,
-                last_error.replace(" ", "_"),
-                len(tried),
-            )
+            attempts.note_failure(conn.s.name, ep, exc)
             continue
         report(ep, True)
-        return len(tried), ""
-    return len(tried), last_error
+        return True
+    return False

@@ -73,7 +73,7 @@ def start(server: HttpProxyServer, client: HttpProxyProtocol, req: Request) -> b
         http_head.request_head(
             req.method, req.target, req.headers, client_ip=client.client_ip, host=req.host,
             request_id=req.request_id, has_request_id=req.has_request_id, chunked=False, websocket=False,
-            scheme=client.scheme,
+            scheme=client.scheme, drop=req.drop,
         )
     )  # fmt: skip
     if timeouts.response_header > 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..balancing import Pool
@@ -235,7 +236,7 @@ async def forward(
                     status,
                     retries,
                 )
-                await asyncio.sleep(backoff(policy, retries - 1, client.rng.random()))
+                await asyncio.sleep(backoff(policy, retries - 1, random.random()))
                 continue
             if outcome == "status":  # a 5xx we did not retry: pass it on as it is
                 await _commit(server, client, req, ep, deadline)
@@ -306,7 +307,7 @@ async def _attempt(
         head = http_head.request_head(
             req.method, req.target, req.headers, client_ip=client.client_ip, host=req.host,
             request_id=req.request_id, has_request_id=req.has_request_id, chunked=req.chunked,
-            websocket=req.websocket, scheme=client.scheme,
+            websocket=req.websocket, scheme=client.scheme, drop=req.drop,
         )  # fmt: skip
         sent_at = loop.time()
         if req.replay:
@@ -410,7 +411,7 @@ def commit_head(client: HttpProxyProtocol, req: Request, up: UpstreamProtocol) -
     req.keep_alive = keep_alive
     req.resp_framing = b"none" if no_body else framing
     head = http_head.response_head(status, up.reason, up.headers, framing=framing, keep_alive=keep_alive,
-                                   http10=req.http10)  # fmt: skip
+                                   http10=req.http10, drop=up.drop)  # fmt: skip
     pending, req.resp_pending = req.resp_pending, []
     req.committed = True
     client.write(head)

@@ -59,11 +59,14 @@ def request_head(
     chunked: bool,
     websocket: bool,
     scheme: bytes = b"http",
+    drop: frozenset[bytes] | None = None,
 ) -> bytes:
     """The head sent upstream: hop-by-hop stripped, forwarding headers appended, framing set by us.
 
-    ``scheme`` is what the client used to reach this hop (``https`` on a TLS listener)."""
-    drop = HOP_BY_HOP | connection_tokens(headers)
+    ``scheme`` is what the client used to reach this hop (``https`` on a TLS listener). ``drop``: the names
+    to strip when the caller knows them (HOP_BY_HOP when there is no Connection header); None: found here."""
+    if drop is None:
+        drop = HOP_BY_HOP | connection_tokens(headers)
     out = [b"%b %b HTTP/1.1\r\n" % (method, target)]
     xff = b""
     fwd = b""
@@ -112,9 +115,12 @@ def response_head(
     keep_alive: bool,
     http10: bool,
     upgrade: bool = False,
+    drop: frozenset[bytes] | None = None,
 ) -> bytes:
-    """The head sent to the client. ``framing``: b"length" (Content-Length kept), b"chunked", b"none", b"close"."""
-    drop = HOP_BY_HOP | connection_tokens(headers)
+    """The head sent to the client. ``framing``: b"length" (Content-Length kept), b"chunked", b"none", b"close".
+    ``drop`` as for ``request_head``."""
+    if drop is None:
+        drop = HOP_BY_HOP | connection_tokens(headers)
     out = [b"HTTP/1.1 %d %b\r\n" % (status, reason or _reason(status))]
     via = b""
     for name, value in headers:

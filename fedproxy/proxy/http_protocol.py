@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import logging
 import os
-import random
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -71,7 +70,6 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.queue: deque[Request] = deque()  # parsed requests waiting for the one in flight
         self.tunnel: UpstreamProtocol | None = None
         self.upgrade_seen = False
-        self.rng = random.Random()
         self.corked = False
         self.wbuf: list[bytes] = []  # writes gathered while corked
         # Per request.
@@ -193,7 +191,11 @@ class HttpProxyProtocol(asyncio.Protocol):
             req.slow = True
             if value.lower() == b"100-continue":
                 req.expect_continue = True
-        elif low == b"transfer-encoding" or (low == b"content-length" and value.strip(b" \t") != b"0"):
+        elif low == b"connection":
+            req.drop = None  # its tokens name more hop-by-hop headers: request_head reads them
+        elif low == b"transfer-encoding":
+            req.slow = req.chunked = True
+        elif low == b"content-length" and value.strip(b" \t") != b"0":
             req.slow = True
         names = self.server.router.header_names
         if names:
@@ -208,7 +210,6 @@ class HttpProxyProtocol(asyncio.Protocol):
         req.method = parser.get_method()
         req.http10 = parser.get_http_version() == "1.0"
         req.keep_alive = parser.should_keep_alive() and not self.draining
-        req.chunked = any(n.lower() == b"transfer-encoding" for n, _ in req.headers)
         q = req.target.find(b"?")
         req.path = req.target if q < 0 else req.target[:q]
         if not req.has_request_id:

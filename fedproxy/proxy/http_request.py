@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from ..config import RetryPolicy
+from . import http_head
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 REPLAY_LIMIT = 64 * 1024  # bytes of request body kept for a retry; beyond it a started upload is not retried
@@ -49,6 +50,7 @@ class Request:
         "tunnel_pending_up",
         "expect_continue",
         "slow",
+        "drop",
     )
 
     def __init__(self, started: float) -> None:
@@ -84,6 +86,7 @@ class Request:
         self.tunnel_pending_up: list[bytes] = []  # upstream bytes after its 101, before the client has it
         self.expect_continue = False
         self.slow = False  # a body, an upgrade or an Expect: only the task path serves it (http_fast)
+        self.drop: frozenset[bytes] | None = http_head.HOP_BY_HOP  # None: a Connection header lists more
 
     @property
     def idempotent(self) -> bool:

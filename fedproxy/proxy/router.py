@@ -58,6 +58,9 @@ def normalize_host(host: bytes | str) -> str:
     return name.rstrip(".")
 
 
+HOST_CACHE = 1024  # distinct Host values whose route groups are remembered per router
+
+
 class Router:
     """Routes of one listener, precomputed; ``match`` is a few dict lookups and prefix tests."""
 
@@ -66,6 +69,7 @@ class Router:
         self._exact: dict[str, tuple[Route, ...]] = {}
         self._wildcard: list[tuple[str, tuple[Route, ...]]] = []  # (".example.com", routes), longest first
         self._any: tuple[Route, ...] = ()
+        self._by_host: dict[bytes | str, tuple[tuple[Route, ...], ...]] = {}  # Host as sent -> _groups(...)
         by_host: dict[str, list[Route]] = {}
         for r in routes:
             by_host.setdefault(r.config.host.lower().rstrip("."), []).append(r)
@@ -102,7 +106,20 @@ class Router:
         hdrs = headers if headers is not None else {}
         jar = cookies if cookies is not None else {}
         path_b = _as_bytes(path)
-        name = normalize_host(host)
+        groups = self._by_host.get(host)
+        if groups is None:
+            groups = self._groups(normalize_host(host))
+            if len(self._by_host) >= HOST_CACHE:
+                self._by_host.clear()  # many distinct Host values: start over rather than grow
+            self._by_host[host] = groups
+        for group in groups:
+            for route in group:
+                if route.matches(path_b, hdrs, jar):
+                    return route
+        return None
+
+    def _groups(self, name: str) -> tuple[tuple[Route, ...], ...]:
+        """The route groups a normalized host name may match, most specific first."""
         groups: list[tuple[Route, ...]] = []
         exact = self._exact.get(name)
         if exact:
@@ -114,11 +131,7 @@ class Router:
                 break
         if self._any:
             groups.append(self._any)
-        for group in groups:
-            for route in group:
-                if route.matches(path_b, hdrs, jar):
-                    return route
-        return None
+        return tuple(groups)
 
 
 def build_router(listener: HttpListener, config: Config) -> Router:

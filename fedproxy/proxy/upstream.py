@@ -24,12 +24,14 @@ from ..config import UpstreamTls
 from ..model import Endpoint
 from ..tls.context import ResumingContext, upstream_context, upstream_server_name
 from .flow import FlowControl
+from .http_head import HOP_BY_HOP
 
 log = logging.getLogger("fedproxy.proxy.upstream")
 
 MAX_IDLE_PER_ENDPOINT = 128  # idle keep-alive connections kept per endpoint (more than a busy listener has in flight)
 UPSTREAM_FULL = "upstream-full"  # the reason the client's reading is paused for our back-pressure
 MAX_RESPONSE_HEAD = 64 * 1024  # bytes; a larger response head is a broken upstream
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})  # Connection values that name no other header
 
 
 class UpstreamLost(ConnectionError):
@@ -78,6 +80,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.drop: frozenset[bytes] | None = HOP_BY_HOP  # names response_head strips; None: it reads Connection
         self.head_bytes = 0
         self.content_length = False
         self.chunked = False
@@ -98,6 +101,7 @@ class UpstreamProtocol(asyncio.Protocol):
             self.parser = httptools.HttpResponseParser(self)
         self.head_request = head_request
         self.status, self.reason, self.headers, self.head_bytes = 0, b"", [], 0
+        self.drop = HOP_BY_HOP
         self.content_length = self.chunked = self.got_bytes = self.head_done = self.complete = False
         self.told = False
         self.keep_alive = True
@@ -246,6 +250,8 @@ class UpstreamProtocol(asyncio.Protocol):
             self.content_length = True
         elif low == b"transfer-encoding" and b"chunked" in value.lower():
             self.chunked = True
+        elif low == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+            self.drop = None  # it names more hop-by-hop headers
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -258,6 +264,7 @@ class UpstreamProtocol(asyncio.Protocol):
             if self.sink is not None:
                 self.sink.on_informational(self)
             self.reason, self.headers, self.head_bytes = b"", [], 0
+            self.drop = HOP_BY_HOP
             self.content_length = self.chunked = False
             return
         self.head_done = True

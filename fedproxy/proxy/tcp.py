@@ -124,6 +124,7 @@ class TcpProxyServer:
         self._idle_event: asyncio.Event | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._flushed = 0.0
+        self._last_pool: tuple[ServingState, PoolSpec, Pool] | None = None  # (state, spec) -> pool, last used
         # Not yet flushed into the metrics: (listener, cluster, result) -> connections; (listener, cluster) ->
         # [bytes in, bytes out]; listeners whose active gauge must be set.
         self._conn_counts: dict[tuple[str, str, str], int] = {}
@@ -204,7 +205,14 @@ class TcpProxyServer:
     def _start(self, conn: Client, spec: PoolSpec) -> None:
         """Pick an endpoint for ``conn`` and start its first connect attempt (no task: ``start_connect``)."""
         s = conn.s
-        pool = self._get_state().pool(spec)
+        state = self._get_state()
+        last = self._last_pool
+        if last is not None and last[0] is state and last[1] is spec:
+            pool = last[2]  # same state and spec as the previous connection: skip hashing the spec (the old
+            # state stays referenced until the next connection on this listener: one state, bounded)
+        else:
+            pool = state.pool(spec)
+            self._last_pool = (state, spec, pool)
         if (refused := pool.breaker.try_acquire("connections")) is not None:
             count_rejection(str(spec.service), "max_connections")
             log.warning("event=tcp_circuit_open listener=%s service=%s reason=%r", s.name, spec.service, refused)

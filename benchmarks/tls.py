@@ -23,6 +23,7 @@ import ssl
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from fedproxy.sim import objects
@@ -406,7 +407,16 @@ async def _measure_grpc(ctx: Context, table: Table, h2load: str, name: str, port
     await _measure(ctx, table, name, pid, cmd, parse_h2load, ("mean",))
 
 
-async def _measure(ctx, table, name, pid, cmd, parse, extra) -> None:  # type: ignore[no-untyped-def]
+async def _measure(
+    ctx: Context,
+    table: Table,
+    name: str,
+    pid: int,
+    cmd: list[str],
+    parse: Callable[[str], dict[str, float]],
+    extra: tuple[str, ...],
+) -> None:
+    """Run the load tool, record rps + `extra` keys + CPU per request, or why the measurement failed."""
     before = cpu_seconds(pid)
     code, out, err = await run_tool(pinned(cmd, LOAD_CORE), ctx.duration + 30)
     cpu = cpu_seconds(pid) - before

@@ -10,6 +10,7 @@ so trailers are dropped).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from http import HTTPStatus
 
 HOP_BY_HOP = frozenset(
@@ -84,13 +85,10 @@ def request_head(
                 via = via + b", " + value if via else value
             continue  # X-Forwarded-Proto/-Host are replaced with what this hop saw
         out.append(b"%b: %b\r\n" % (name, value))
-    ip = client_ip.encode("ascii")
-    node = b'"[%b]"' % ip if b":" in ip else ip
-    out.append(b"X-Forwarded-For: %b\r\n" % (xff + b", " + ip if xff else ip))
-    out.append(b"X-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n" % (scheme, host))
-    here = b"for=%b;host=%b;proto=%b" % (node, _quote(host), scheme)
-    out.append(b"Forwarded: %b\r\n" % (fwd + b", " + here if fwd else here))
-    out.append(b"Via: %b\r\n" % (via + b", " + VIA if via else VIA))
+    if xff or fwd or via:
+        out.append(_forwarding(client_ip, host, scheme, xff, fwd, via))
+    else:  # the common case: the same few lines for every request of a client connection
+        out.append(_forwarding_cached(client_ip, host, scheme))
     if not has_request_id:
         out.append(b"X-Request-Id: %b\r\n" % request_id)
     if chunked:
@@ -99,6 +97,25 @@ def request_head(
         out.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
     out.append(b"\r\n")
     return b"".join(out)
+
+
+def _forwarding(client_ip: str, host: bytes, scheme: bytes, xff: bytes, fwd: bytes, via: bytes) -> bytes:
+    """The forwarding headers this hop sends: X-Forwarded-*, Forwarded and Via, appended to what came in."""
+    ip = client_ip.encode("ascii")
+    node = b'"[%b]"' % ip if b":" in ip else ip
+    here = b"for=%b;host=%b;proto=%b" % (node, _quote(host), scheme)
+    return b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\nForwarded: %b\r\nVia: %b\r\n" % (
+        xff + b", " + ip if xff else ip,
+        scheme,
+        host,
+        fwd + b", " + here if fwd else here,
+        via + b", " + VIA if via else VIA,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _forwarding_cached(client_ip: str, host: bytes, scheme: bytes) -> bytes:
+    return _forwarding(client_ip, host, scheme, b"", b"", b"")
 
 
 def _quote(host: bytes) -> bytes:

@@ -84,7 +84,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.inbound = FlowControl(transport)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "unknown"
-        if transport.get_extra_info("sslcontext") is not None:
+        if self.server.tls is not None and transport.get_extra_info("sslcontext") is not None:
             self.scheme = b"https"
         self.conn_id = self.server.register(self)
         self.set_deadline(self.listener.request_head_timeout, self._head_timeout)

@@ -29,7 +29,6 @@ from pathlib import Path
 from fedproxy.sim import objects
 from fedproxy.sim.pki import CertificateAuthority
 
-from . import tools
 from .context import Context, run_tool
 from .env import CLUSTER, LOAD_CORE, NAMESPACE, SUT_CORE, slice_for
 from .http import parse_wrk
@@ -37,7 +36,6 @@ from .report import Column, Table
 from .tools import Child, cpu_seconds, ensure, free_port, pinned, wait_port
 
 # h2load is not in tools.PACKAGES (not this module's file); registering it here lets `ensure` install it.
-tools.PACKAGES.setdefault("h2load", "nghttp2-client")
 
 CONNECTIONS = 64  # wrk connections, as in the http scenario
 H2_CONNECTIONS, H2_STREAMS = 16, 10  # h2load -c / -m

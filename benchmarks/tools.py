@@ -27,6 +27,7 @@ PACKAGES: dict[str, str] = {
     "nsd": "nsd",
     "iperf3": "iperf3",
     "taskset": "util-linux",
+    "h2load": "nghttp2-client",
 }
 # Debian installs some daemons under sbin, which a non-login PATH may lack.
 SEARCH_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")

@@ -63,7 +63,22 @@ class _FlushCounts(Collector):
     def collect(self) -> Iterator[Metric]:
         for server in list(_SERVERS):
             server.flush_counts()
+        _set_active()
         return iter(())
+
+
+_ACTIVE_NAMES: set[str] = set()  # every listener name the active gauge was set for (set to 0, never removed)
+
+
+def _set_active() -> None:
+    """``fedproxy_tcp_active_connections`` per listener name, summed over this process's servers (a draining
+    server and its replacement share a name during a reload)."""
+    active = dict.fromkeys(_ACTIVE_NAMES, 0)
+    for server in list(_SERVERS):
+        active[server.name] = active.get(server.name, 0) + server.stats_active
+    for name, n in active.items():
+        _ACTIVE_NAMES.add(name)
+        ACTIVE.labels(name).set(n)
 
 
 REGISTRY.register(_FlushCounts())
@@ -126,10 +141,9 @@ class TcpProxyServer:
         self._flushed = 0.0
         self._last_pool: tuple[ServingState, PoolSpec, Pool] | None = None  # (state, spec) -> pool, last used
         # Not yet flushed into the metrics: (listener, cluster, result) -> connections; (listener, cluster) ->
-        # [bytes in, bytes out]; listeners whose active gauge must be set.
+        # [bytes in, bytes out].
         self._conn_counts: dict[tuple[str, str, str], int] = {}
         self._byte_counts: dict[tuple[str, str], list[int]] = {}
-        self._listeners: set[str] = {self._settings.name}
         self.port = listener.port
         self.counts = {"accepted": 0, "rejected": 0, "connect_failed": 0, "no_upstream": 0}
         self.bytes_in = 0
@@ -143,6 +157,11 @@ class TcpProxyServer:
     @property
     def name(self) -> str:
         return self._settings.name
+
+    @property
+    def stats_active(self) -> int:
+        """Connections holding a ``max_connections`` slot."""
+        return self._admitted
 
     async def start(self) -> None:
         """Bind ``listener.address:port``; ``self.port`` is the bound port (useful with port 0)."""
@@ -158,7 +177,6 @@ class TcpProxyServer:
     def update(self, listener: TcpListener, config: Config) -> None:
         """New settings for new connections; open ones keep theirs. Synchronous: no connection sees a mix."""
         self._settings = Settings(listener, config, self)
-        self._listeners.add(self._settings.name)
         self._interval = min(self._interval, _sweep_interval(listener))  # open connections keep old timeouts
 
     def _protocol(self) -> Client:
@@ -329,10 +347,11 @@ class TcpProxyServer:
                 conn.finish("idle_timeout", "stuck")
         if now - self._flushed >= FLUSH_INTERVAL:
             self.flush_counts()
+            _set_active()
         self._sweeper = asyncio.get_running_loop().call_later(self._interval, self._sweep)
 
     def flush_counts(self) -> None:
-        """Move the plain-int counts into ``fedproxy_tcp_*``; set the active gauge."""
+        """Move the plain-int counts into ``fedproxy_tcp_connections_total`` and the byte counters."""
         self._flushed = time.monotonic()
         counts, self._conn_counts = self._conn_counts, {}
         for labels, n in counts.items():
@@ -343,9 +362,6 @@ class TcpProxyServer:
                 BYTES_IN.labels(*labels).inc(sent)
             if received:
                 BYTES_OUT.labels(*labels).inc(received)
-        name = self._settings.name
-        for listener in self._listeners:
-            ACTIVE.labels(listener).set(self._admitted if listener == name else 0)
 
     # Lifecycle
 
@@ -370,6 +386,7 @@ class TcpProxyServer:
             self._sweeper.cancel()
             self._sweeper = None
         self.flush_counts()
+        _set_active()
         if self._server is not None:
             server, self._server = self._server, None
             # Some loops (uvloop, CPython >= 3.12) also wait here for accepted transports to go away; one

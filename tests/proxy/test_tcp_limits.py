@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from fedproxy.config import TcpListener
 from fedproxy.model import Endpoint
@@ -167,6 +168,9 @@ async def test_drain_keeps_an_open_connection_across_a_reload(tcp_pods, tcp_worl
     r2, w2 = await connect(new_port)  # new connections reach the new listener
     assert await r2.readline() == b"east/pod-0\n"
     assert (await r2.readline()).startswith(b"PROXY TCP4 ")
+    # Both servers share the listener's name: the gauge is their sum, not whichever wrote last.
+    assert old.server.name == new.server.name
+    assert REGISTRY.get_sample_value("fedproxy_tcp_active_connections", {"listener": old.server.name}) == 2
     w2.close()
     assert old.server.stats()["accepted"] == 1
 

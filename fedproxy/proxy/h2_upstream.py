@@ -1,8 +1,13 @@
 """Upstream HTTP/2 (h2c, or h2 over TLS with ALPN): one multiplexed connection per endpoint.
 
-``H2UpstreamPool.acquire(ep, ...)`` returns the endpoint's open connection while it can take one more stream
-(the peer's SETTINGS_MAX_CONCURRENT_STREAMS, no GOAWAY seen), or connects a new one; concurrent callers
-share one connect. A connection with no stream for ``idle_timeout`` seconds closes.
+``H2UpstreamPool.acquire(ep, ...)`` returns one of the endpoint's open connections that can take one more stream
+(below the peer's SETTINGS_MAX_CONCURRENT_STREAMS, no GOAWAY seen), the oldest first so that streams pack onto few
+connections; only when every one is full (or there is none) it connects a new one, and concurrent callers share
+that connect. Every open connection stays in the pool until it closes: a full one is reused as soon as a stream
+ends (replacing it by the new one used to strand it, and each burst above the limit opened yet another).
+Until the peer's first SETTINGS arrive a connection takes at most ``DEFAULT_PEER_STREAMS`` streams: the protocol
+default is unlimited, and a backend with a lower limit would refuse the excess (RST_STREAM REFUSED_STREAM).
+A connection with no stream for ``idle_timeout`` seconds closes.
 ``H2Call`` is one request on it, seen by the forwarding side (h2_forward.py) through the same small
 interface as the HTTP/1.1 translation (h2_to_h1.py): ``get()`` response events, ``ack(n)`` once passed on,
 ``send_data``/``send_trailers`` for the request body, ``finish(ok)``.
@@ -26,6 +31,8 @@ from .h2_stream import Event, H2Peer, H2Stream, Headers, StreamGone
 
 log = logging.getLogger("fedproxy.proxy.h2")
 
+DEFAULT_PEER_STREAMS = 100  # streams per connection before the peer's SETTINGS (RFC 9113 6.5.2's advised minimum)
+
 
 class H2UpstreamConnection(H2Peer):
     """Client side of one HTTP/2 connection to an endpoint."""
@@ -37,13 +44,17 @@ class H2UpstreamConnection(H2Peer):
         self.tls = tls
         self.idle_timeout = idle_timeout
         self.idle_handle: asyncio.TimerHandle | None = None
+        self.stream_limit = DEFAULT_PEER_STREAMS  # the peer's MAX_CONCURRENT_STREAMS once its SETTINGS came
 
     @property
     def available(self) -> bool:
-        """Open, no GOAWAY, and below the peer's concurrent stream limit."""
+        """Open, no GOAWAY, and below the peer's concurrent stream limit.
+
+        ``self.streams`` counts every stream h2 still counts as open (and those whose end we have not read yet),
+        so it is a safe and O(1) stand-in for h2's ``open_outbound_streams``, which scans all streams."""
         if self.terminated or self.transport is None or self.transport.is_closing():
             return False
-        return self.h2.open_outbound_streams < self.h2.remote_settings.max_concurrent_streams
+        return len(self.streams) < self.stream_limit
 
     def open_stream(self, headers: Headers, end_stream: bool) -> H2Stream:
         """Start a request; raises StreamGone if the connection can no longer take one."""
@@ -69,6 +80,11 @@ class H2UpstreamConnection(H2Peer):
             self.idle_handle = None
         self.pool.forget(self)
 
+    def handle(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RemoteSettingsChanged):
+            self.stream_limit = self.h2.remote_settings.max_concurrent_streams
+        super().handle(event)
+
     def handle_head(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ResponseReceived):
             stream = self.streams.get(event.stream_id)  # type: ignore[arg-type]
@@ -88,10 +104,10 @@ class H2UpstreamConnection(H2Peer):
 
 
 class H2UpstreamPool:
-    """The multiplexed connection per (endpoint, TLS settings); counts connects and stream reuses for stats."""
+    """The multiplexed connections per (endpoint, TLS settings); counts connects and stream reuses for stats."""
 
     def __init__(self) -> None:
-        self._conns: dict[tuple[Endpoint, UpstreamTls | None], H2UpstreamConnection] = {}
+        self._conns: dict[tuple[Endpoint, UpstreamTls | None], list[H2UpstreamConnection]] = {}
         self._connecting: dict[tuple[Endpoint, UpstreamTls | None], asyncio.Future[H2UpstreamConnection]] = {}
         self._contexts: dict[UpstreamTls, ResumingContext] = {}
         self.connects = 0
@@ -101,58 +117,73 @@ class H2UpstreamPool:
         self, ep: Endpoint, connect_timeout: float, idle_timeout: float, tls: UpstreamTls | None = None
     ) -> H2UpstreamConnection:
         """A connection to ``ep`` (h2 over TLS with ``tls``, offering ALPN "h2"; else h2c prior knowledge) able
-        to take a stream; raises OSError/TimeoutError when it cannot connect (ssl.SSLError is an OSError)."""
+        to take a stream; raises OSError/TimeoutError when it cannot connect (ssl.SSLError is an OSError).
+
+        The caller must open its stream before its next ``await`` (the slot is not reserved)."""
         key = (ep, tls)
-        conn = self._conns.get(key)
-        if conn is not None and conn.available:
-            self.reuses += 1
-            return conn
         timeout = connect_timeout if connect_timeout > 0 else None
-        pending = self._connecting.get(key)
-        if pending is not None:
-            async with asyncio.timeout(timeout):
-                return await asyncio.shield(pending)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[H2UpstreamConnection] = loop.create_future()
-        self._connecting[key] = fut
-        factory: Callable[[], H2UpstreamConnection] = lambda: H2UpstreamConnection(self, ep, tls, idle_timeout)  # noqa: E731
-        try:
-            async with asyncio.timeout(timeout):
-                if tls is None:
-                    _transport, conn = await loop.create_connection(factory, ep.address, ep.port)
-                else:
-                    ctx = self._contexts.get(tls)
-                    if ctx is None:
-                        ctx = self._contexts[tls] = upstream_context(tls, ("h2",))
-                    _transport, conn = await loop.create_connection(
-                        factory, ep.address, ep.port, ssl=ctx, server_hostname=upstream_server_name(tls, ep.address)
-                    )
-                    if _transport.get_extra_info("ssl_object").selected_alpn_protocol() != "h2":
-                        conn.abort()
-                        raise ConnectionError(f"upstream {ep} did not agree to h2 by ALPN")
-        except BaseException as exc:
-            fut.set_exception(exc if isinstance(exc, OSError | TimeoutError) else ConnectionError(str(exc)))
-            fut.exception()  # the waiters (if any) get it; nobody else must
-            raise
-        finally:
-            self._connecting.pop(key, None)
+        async with asyncio.timeout(timeout):
+            while True:
+                for conn in self._conns.get(key, ()):
+                    if conn.available:
+                        self.reuses += 1
+                        return conn
+                pending = self._connecting.get(key)
+                if pending is None:
+                    break
+                # Someone connects already: wait for it, then look again (its slots may be taken by then).
+                await asyncio.shield(pending)
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[H2UpstreamConnection] = loop.create_future()
+            self._connecting[key] = fut
+            try:
+                conn = await self._connect(ep, tls, idle_timeout)
+            except BaseException as exc:
+                fut.set_exception(exc if isinstance(exc, OSError | TimeoutError) else ConnectionError(str(exc)))
+                fut.exception()  # the waiters (if any) get it; nobody else must
+                raise
+            finally:
+                self._connecting.pop(key, None)
         self.connects += 1
-        self._conns[key] = conn
+        self._conns.setdefault(key, []).append(conn)
         fut.set_result(conn)
         return conn
 
+    async def _connect(self, ep: Endpoint, tls: UpstreamTls | None, idle_timeout: float) -> H2UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        factory: Callable[[], H2UpstreamConnection] = lambda: H2UpstreamConnection(self, ep, tls, idle_timeout)  # noqa: E731
+        if tls is None:
+            _transport, conn = await loop.create_connection(factory, ep.address, ep.port)
+            return conn
+        ctx = self._contexts.get(tls)
+        if ctx is None:
+            ctx = self._contexts[tls] = upstream_context(tls, ("h2",))
+        transport, conn = await loop.create_connection(
+            factory, ep.address, ep.port, ssl=ctx, server_hostname=upstream_server_name(tls, ep.address)
+        )
+        if transport.get_extra_info("ssl_object").selected_alpn_protocol() != "h2":
+            conn.abort()
+            raise ConnectionError(f"upstream {ep} did not agree to h2 by ALPN")
+        return conn
+
     def forget(self, conn: H2UpstreamConnection) -> None:
+        """The connection closed: drop it from the pool."""
         key = (conn.ep, conn.tls)
-        if self._conns.get(key) is conn:
-            del self._conns[key]
+        conns = self._conns.get(key)
+        if conns is not None and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self._conns[key]
 
     def open_count(self) -> int:
-        return len(self._conns)
+        """Open connections over all endpoints."""
+        return sum(len(conns) for conns in self._conns.values())
 
     def close(self) -> None:
         """Close every connection (streams on them end as lost)."""
-        for conn in list(self._conns.values()):
-            conn.abort()
+        for conns in list(self._conns.values()):
+            for conn in list(conns):
+                conn.abort()
         self._conns.clear()
 
 

@@ -410,8 +410,11 @@ def commit_head(client: HttpProxyProtocol, req: Request, up: UpstreamProtocol) -
         keep_alive = False  # the upstream answered before the upload ended: the rest cannot be skipped safely
     req.keep_alive = keep_alive
     req.resp_framing = b"none" if no_body else framing
-    head = http_head.response_head(status, up.reason, up.headers, framing=framing, keep_alive=keep_alive,
-                                   http10=req.http10, drop=up.drop)  # fmt: skip
+    if up.plain and framing == b"length" and not req.http10:
+        head = http_head.forwarded_head(up.head, keep_alive)
+    else:
+        head = http_head.response_head(status, up.reason, up.headers, framing=framing, keep_alive=keep_alive,
+                                       http10=req.http10, drop=up.drop)  # fmt: skip
     pending, req.resp_pending = req.resp_pending, []
     req.committed = True
     client.write(head)

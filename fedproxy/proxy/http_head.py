@@ -164,6 +164,18 @@ def response_head(
     return b"".join(out)
 
 
+def forwarded_head(head: bytes, keep_alive: bool) -> bytes:
+    """The client's head from an upstream ``head`` as received (HTTP/1.1 status line, CRLF header lines, no
+    blank line) that has no hop-by-hop header but a plain Connection and no Via: what ``response_head`` would
+    send for a Content-Length response, in two slices and a join."""
+    i = head.find(b"\nConnection:")
+    if i < 0:
+        i = head.lower().find(b"\nconnection:")
+    if i >= 0:
+        head = head[: i + 1] + head[head.find(b"\n", i + 1) + 1 :]
+    return head + (b"Via: 1.1 fedproxy\r\n\r\n" if keep_alive else b"Via: 1.1 fedproxy\r\nConnection: close\r\n\r\n")
+
+
 def _reason(status: int) -> bytes:
     try:
         return HTTPStatus(status).phrase.encode("ascii")

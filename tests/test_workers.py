@@ -76,16 +76,19 @@ async def test_two_workers_share_listeners_and_survive_a_worker_crash(tmp_path: 
 
             await until(moved)
 
-            # /metrics sums the workers' request counters.
-            async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
-                text = await r.text()
-            total = sum(
-                sample.value
-                for fam in text_string_to_metric_families(text)
-                for sample in fam.samples
-                if sample.name == "fedproxy_http_requests_total"
-            )
-            assert total >= 30
+            # /metrics sums the workers' request counters (workers move their counts there once a second).
+            async def counted() -> bool:
+                async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                    text = await r.text()
+                total = sum(
+                    sample.value
+                    for fam in text_string_to_metric_families(text)
+                    for sample in fam.samples
+                    if sample.name == "fedproxy_http_requests_total"
+                )
+                return total >= 30
+
+            await until(counted, deadline=5.0)
 
             # Kill one worker: it is restarted, and the front door keeps answering meanwhile.
             victim = sorted(workers)[0]

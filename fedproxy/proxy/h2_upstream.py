@@ -5,8 +5,9 @@
 connections; only when every one is full (or there is none) it connects a new one, and concurrent callers share
 that connect. Every open connection stays in the pool until it closes: a full one is reused as soon as a stream
 ends (replacing it by the new one used to strand it, and each burst above the limit opened yet another).
-Until the peer's first SETTINGS arrive a connection takes at most ``DEFAULT_PEER_STREAMS`` streams: the protocol
-default is unlimited, and a backend with a lower limit would refuse the excess (RST_STREAM REFUSED_STREAM).
+A new connection is handed out once the peer's first SETTINGS arrived (servers send them with their preface, so
+it costs one round trip at connect): the protocol default limit is unlimited, and a backend with a lower one would
+refuse the excess of a burst (RST_STREAM REFUSED_STREAM), which the only endpoint of a service cannot retry.
 A connection with no stream for ``idle_timeout`` seconds closes.
 ``H2Call`` is one request on it, seen by the forwarding side (h2_forward.py) through the same small
 interface as the HTTP/1.1 translation (h2_to_h1.py): ``get()`` response events, ``ack(n)`` once passed on,
@@ -45,6 +46,7 @@ class H2UpstreamConnection(H2Peer):
         self.idle_timeout = idle_timeout
         self.idle_handle: asyncio.TimerHandle | None = None
         self.stream_limit = DEFAULT_PEER_STREAMS  # the peer's MAX_CONCURRENT_STREAMS once its SETTINGS came
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # the peer's SETTINGS came
 
     @property
     def available(self) -> bool:
@@ -75,6 +77,9 @@ class H2UpstreamConnection(H2Peer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"upstream {self.ep} closed before its SETTINGS"))
+            self.ready.exception()  # acquire may have given up waiting already
         if self.idle_handle is not None:
             self.idle_handle.cancel()
             self.idle_handle = None
@@ -83,6 +88,8 @@ class H2UpstreamConnection(H2Peer):
     def handle(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RemoteSettingsChanged):
             self.stream_limit = self.h2.remote_settings.max_concurrent_streams
+            if not self.ready.done():
+                self.ready.set_result(None)
         super().handle(event)
 
     def handle_head(self, event: h2.events.Event) -> None:
@@ -154,6 +161,7 @@ class H2UpstreamPool:
         factory: Callable[[], H2UpstreamConnection] = lambda: H2UpstreamConnection(self, ep, tls, idle_timeout)  # noqa: E731
         if tls is None:
             _transport, conn = await loop.create_connection(factory, ep.address, ep.port)
+            await self._settled(conn)
             return conn
         ctx = self._contexts.get(tls)
         if ctx is None:
@@ -164,7 +172,17 @@ class H2UpstreamPool:
         if transport.get_extra_info("ssl_object").selected_alpn_protocol() != "h2":
             conn.abort()
             raise ConnectionError(f"upstream {ep} did not agree to h2 by ALPN")
+        await self._settled(conn)
         return conn
+
+    @staticmethod
+    async def _settled(conn: H2UpstreamConnection) -> None:
+        """Wait for the peer's SETTINGS (its stream limit); abort the connection if we stop waiting."""
+        try:
+            await asyncio.shield(conn.ready)
+        except BaseException:
+            conn.abort()
+            raise
 
     def forget(self, conn: H2UpstreamConnection) -> None:
         """The connection closed: drop it from the pool."""

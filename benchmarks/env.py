@@ -28,28 +28,38 @@ DNS_NAMES = 10  # services answered in the DNS scenario: name-0 .. name-9
 SUT_CORE, LOAD_CORE = 0, 1
 
 
-def backend_nginx_conf(workdir: Path, port: int) -> str:
-    """nginx answering a small static response: the fastest backend on offer, so it is not the bottleneck."""
+def nginx_preamble(workdir: Path, name: str) -> str:
+    """What every generated nginx config starts with: one worker in the foreground, no access log, every
+    file under ``workdir``; the caller continues inside ``http {``."""
     return f"""\
 worker_processes 1;
 daemon off;
 user root;
-pid {workdir}/backend-nginx.pid;
-error_log {workdir}/backend-nginx.err warn;
+pid {workdir}/{name}.pid;
+error_log {workdir}/{name}.err warn;
 events {{ worker_connections 30000; }}
 http {{
   access_log off;
   keepalive_requests 10000000;
-  # the idle-connection test holds connections without sending a request
-  client_header_timeout 600s;
   client_body_temp_path {workdir}/tmp-body; proxy_temp_path {workdir}/tmp-proxy;
   fastcgi_temp_path {workdir}/tmp-fcgi; uwsgi_temp_path {workdir}/tmp-uwsgi; scgi_temp_path {workdir}/tmp-scgi;
+"""
+
+
+def backend_nginx_conf(workdir: Path, port: int) -> str:
+    """nginx answering a small static response: the fastest backend on offer, so it is not the bottleneck."""
+    return (
+        nginx_preamble(workdir, "backend-nginx")
+        + f"""\
+  # the idle-connection test holds connections without sending a request
+  client_header_timeout 600s;
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     location / {{ default_type text/plain; return 200 "ok\\n"; }}
   }}
 }}
 """
+    )
 
 
 def _service(name: str, port: int, cluster_ip: str, pods: list[tuple[str, int]]) -> list[dict[str, Any]]:

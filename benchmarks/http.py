@@ -13,7 +13,7 @@ import resource
 from pathlib import Path
 
 from .context import Context, run_tool
-from .env import LOAD_CORE, SUT_CORE
+from .env import LOAD_CORE, SUT_CORE, nginx_preamble
 from .report import Column, Table
 from .tools import Child, cpu_seconds, ensure, free_port, pinned, wait_port
 
@@ -22,18 +22,9 @@ MODES = {"ka": "keep-alive", "close": "new connection per request"}
 
 
 def nginx_proxy_conf(workdir: Path, port: int, backend: int) -> str:
-    return f"""\
-worker_processes 1;
-daemon off;
-user root;
-pid {workdir}/proxy-nginx.pid;
-error_log {workdir}/proxy-nginx.err warn;
-events {{ worker_connections 30000; }}
-http {{
-  access_log off;
-  keepalive_requests 10000000;
-  client_body_temp_path {workdir}/tmp-body; proxy_temp_path {workdir}/tmp-proxy;
-  fastcgi_temp_path {workdir}/tmp-fcgi; uwsgi_temp_path {workdir}/tmp-uwsgi; scgi_temp_path {workdir}/tmp-scgi;
+    return (
+        nginx_preamble(workdir, "proxy-nginx")
+        + f"""\
   upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; keepalive_requests 10000000; }}
   server {{
     listen 127.0.0.1:{port} backlog=4096;
@@ -41,6 +32,7 @@ http {{
   }}
 }}
 """
+    )
 
 
 def haproxy_conf(http_port: int, backend: int, bulk_port: int, iperf: int, conn_port: int) -> str:

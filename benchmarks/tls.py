@@ -30,7 +30,7 @@ from fedproxy.sim import objects
 from fedproxy.sim.pki import CertificateAuthority
 
 from .context import Context, run_tool
-from .env import CLUSTER, LOAD_CORE, NAMESPACE, SUT_CORE, slice_for
+from .env import CLUSTER, LOAD_CORE, NAMESPACE, SUT_CORE, nginx_preamble, slice_for
 from .http import parse_wrk
 from .report import Column, Table
 from .tools import Child, cpu_seconds, ensure, free_port, pinned, wait_port
@@ -83,18 +83,9 @@ def grpc_backend_conf(workdir: Path, port: int) -> str:
     """nginx answering every unary call with the file `grpc-root/<service>/<method>` (a gRPC message) and an OK
     status trailer: a gRPC backend in C, so the backend is not what limits the proxies (a grpcio server in
     Python answers a few thousand calls/s). A POST to a static file is a 405, turned into that file with 200."""
-    return f"""\
-worker_processes 1;
-daemon off;
-user root;
-pid {workdir}/grpc-backend.pid;
-error_log {workdir}/grpc-backend.err warn;
-events {{ worker_connections 30000; }}
-http {{
-  access_log off;
-  keepalive_requests 10000000;
-  client_body_temp_path {workdir}/tmp-body; proxy_temp_path {workdir}/tmp-proxy;
-  fastcgi_temp_path {workdir}/tmp-fcgi; uwsgi_temp_path {workdir}/tmp-uwsgi; scgi_temp_path {workdir}/tmp-scgi;
+    return (
+        nginx_preamble(workdir, "grpc-backend")
+        + f"""\
   server {{
     listen 127.0.0.1:{port} http2 backlog=4096;
     root {workdir}/grpc-root;
@@ -112,21 +103,13 @@ http {{
   }}
 }}
 """
+    )
 
 
 def nginx_conf(workdir: Path, https: int, grpc: int, backend: int, grpc_backend: int, cert: Path, key: Path) -> str:
-    return f"""\
-worker_processes 1;
-daemon off;
-user root;
-pid {workdir}/tls-nginx.pid;
-error_log {workdir}/tls-nginx.err warn;
-events {{ worker_connections 30000; }}
-http {{
-  access_log off;
-  keepalive_requests 10000000;
-  client_body_temp_path {workdir}/tmp-body; proxy_temp_path {workdir}/tmp-proxy;
-  fastcgi_temp_path {workdir}/tmp-fcgi; uwsgi_temp_path {workdir}/tmp-uwsgi; scgi_temp_path {workdir}/tmp-scgi;
+    return (
+        nginx_preamble(workdir, "tls-nginx")
+        + f"""\
   upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; keepalive_requests 10000000; }}
   upstream grpcbackend {{ server 127.0.0.1:{grpc_backend}; keepalive 128; keepalive_requests 10000000; }}
   server {{
@@ -140,6 +123,7 @@ http {{
   }}
 }}
 """
+    )
 
 
 def haproxy_conf(https: int, grpc: int, backend: int, grpc_backend: int, pem: Path) -> str:

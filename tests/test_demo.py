@@ -135,5 +135,12 @@ def test_demo_serves_every_listener_and_stops_on_sigint(demo: dict[str, object])
     assert set(members) == {"east-1", "east-2", "west-1"}
     assert all(m["connected"] for m in members.values())
 
+    # The explain endpoint answers for every service of the demo, with the tiers it would use.
+    for service in ("demo/nginx", "demo/echo", "demo/web"):
+        status, explained = _get(f"http://127.0.0.1:{admin}/api/v1/explain?service={service}&key=user-1")
+        assert status == 200, explained
+        pools = json.loads(explained)["pools"]
+        assert pools and all(p["service"] == service and p["tiers"] for p in pools)
+
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 0

@@ -23,6 +23,7 @@ import h2.errors
 from prometheus_client import Counter
 
 from ..balancing import Pool
+from ..balancing.metrics import count_budget_exhausted, count_rejection
 from ..config import UpstreamTls
 from ..model import Endpoint
 from . import grpc_status, http_head, http_log
@@ -138,6 +139,8 @@ async def serve_stream(
     call = Call(headers, body_done, loop.time())
     route: Route | None = None
     ep: Endpoint | None = None
+    held: Pool | None = None  # the pool whose "requests" slot this stream holds (released in finally)
+    retry_slots = 0  # retry slots of the pool's budget held: the try under way and/or one just granted
     retries = 0
     try:
         if not call.method or not call.path or call.method == b"CONNECT":
@@ -152,6 +155,12 @@ async def serve_stream(
             await _error(conn, stream, call, 404, f"no route for host {call.authority!r} path {call.path_only!r}")
             return
         pool = server.get_state().pool(route.spec)
+        service = str(route.spec.service)
+        if (refused := pool.breaker.try_acquire("requests")) is not None:
+            count_rejection(service, "max_requests")
+            await _error(conn, stream, call, 503, f"circuit breaker: {refused}", limit="max_requests")
+            return
+        held = pool  # the stream holds a "requests" slot for its whole life, as an HTTP/1.1 request does
         pinned = match.get(route.pin_header) or None
         if pinned is not None and pinned not in pool.clusters:
             await _error(conn, stream, call, 503, f"cluster {pinned!r} has no endpoint for {route.spec.service}")
@@ -171,21 +180,60 @@ async def serve_stream(
             safe = outcome in ("refused", "connect-failure", "refused-stream", "unavailable")
             return safe or call.method in (b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE")
 
-        while True:
-            ep = pool.pick(hash_key, exclude=tried, cluster=pinned)
-            if ep is None:
-                if tried:  # every endpoint left was tried: the last failure is the answer (HTTP/1.1 does the same)
-                    why = f"no upstream could be reached for {route.spec.service} (tried {len(tried)})"
-                    await _error(conn, stream, call, 502, why)
+        def retry_answered(outcome: str, status: int) -> bool:
+            """Called by ``_relay`` for an answered attempt (5xx, gRPC UNAVAILABLE) while its head is held: True
+            takes one retry slot of the pool's budget (the response is dropped), False passes the answer on.
+            Tries that got no response are retried outside the budget, as the HTTP/1.1 path does."""
+            nonlocal retry_slots, granted
+            if not may_retry(outcome, status):
+                return False
+            if (limit := pool.breaker.try_retry()) is not None:
+                if limit == "retry_budget":
+                    count_budget_exhausted(service)
                 else:
-                    why = f"no healthy endpoint for {route.spec.service}: {pool.reason or 'all ejected or drained'}"
-                    await _error(conn, stream, call, 503, why)
-                return
-            tried.append(ep)
-            outcome, status = await _attempt(server, conn, stream, call, route, pool, ep, deadline, may_retry)
+                    count_rejection(service, limit)
+                log.info("event=h2_retry_refused service=%s limit=%s", service, limit)
+                return False
+            retry_slots += 1
+            granted = True  # held through the backoff and the next try, as HTTP/1.1 does
+            return True
+
+        fresh: Endpoint | None = None  # retry once on a new connection to this endpoint (a refused stream)
+        fresh_used = False
+        granted = False
+        while True:
+            budgeted, granted = granted, False
+            if fresh is not None:
+                ep, fresh = fresh, None
+                outcome, status = await _attempt(server, conn, stream, call, route, pool, ep, deadline,
+                                                 retry_answered, True)  # fmt: skip
+            else:
+                ep = pool.pick(hash_key, exclude=tried, cluster=pinned)
+                if ep is None:
+                    if tried:  # every endpoint left was tried: the last failure is the answer (HTTP/1.1 does the same)
+                        why = f"no upstream could be reached for {route.spec.service} (tried {len(tried)})"
+                        await _error(conn, stream, call, 502, why)
+                    else:
+                        why = f"no healthy endpoint for {route.spec.service}: {pool.reason or 'all ejected or drained'}"
+                        await _error(conn, stream, call, 503, why)
+                    return
+                tried.append(ep)
+                outcome, status = await _attempt(server, conn, stream, call, route, pool, ep, deadline,
+                                                 retry_answered)  # fmt: skip
+            if budgeted:
+                retry_slots -= 1
+                pool.breaker.release("retries")
             if outcome in ("done", "client"):
                 return
-            if may_retry(outcome, status):
+            if outcome == "refused-stream" and not fresh_used and not stream.closed and call.replayable():
+                # The backend never processed the stream (RFC 9113 8.7): safe to send again, whatever the method.
+                # A new connection to the same endpoint, so that a single-endpoint service survives a GOAWAY or
+                # a refusing connection; not a try of another endpoint, and outside the retry budget.
+                fresh, fresh_used = ep, True
+                log.info("event=h2_retry_fresh_connection service=%s endpoint=%s", service, ep)
+                continue
+            # _relay only returns an answered outcome once retry_answered granted the retry (and its slot).
+            if outcome in ("status", "unavailable") or may_retry(outcome, status):
                 retries += 1
                 http_log.count_retry(server.name, str(route.spec.service))
                 log.info("event=h2_retry service=%s endpoint=%s reason=%s status=%d retry=%d",
@@ -205,6 +253,10 @@ async def serve_stream(
             except StreamGone:
                 pass
     finally:
+        if held is not None:
+            held.breaker.release("requests")
+            for _ in range(retry_slots):
+                held.breaker.release("retries")
         _release(conn, stream)
         _access(server, conn, call, route, ep, retries)
 
@@ -236,15 +288,17 @@ async def _attempt(
     ep: Endpoint,
     deadline: float | None,
     may_retry: Callable[[str, int], bool],
+    fresh: bool = False,
 ) -> tuple[str, int]:
-    """One try: ("done"|"client", status) when answered, else a failure name the retry policy knows."""
+    """One try: ("done"|"client", status) when answered, else a failure name the retry policy knows.
+    ``fresh``: on a new upstream connection (HTTP/2 upstreams), never one already open."""
     timeouts = route.config.timeouts
     pool.started(ep)
     up: H2Call | H1Call | None = None
     ok = False
     try:
         try:
-            up = await _open(server, conn, call, route, ep, _bounded(timeouts.connect, deadline, conn.loop))
+            up = await _open(server, conn, call, route, ep, _bounded(timeouts.connect, deadline, conn.loop), fresh)
         except ConnectionRefusedError:
             server.report(ep, False)
             return "refused", 0
@@ -270,7 +324,13 @@ async def _attempt(
 
 
 async def _open(
-    server: HttpProxyServer, conn: H2ServerProtocol, call: Call, route: Route, ep: Endpoint, timeout: float | None
+    server: HttpProxyServer,
+    conn: H2ServerProtocol,
+    call: Call,
+    route: Route,
+    ep: Endpoint,
+    timeout: float | None,
+    fresh: bool = False,
 ) -> H2Call | H1Call:
     """Connect (or reuse) and send the request head; raises OSError/TimeoutError/StreamGone on failure."""
     proto = route.config.upstream_protocol
@@ -286,7 +346,7 @@ async def _open(
         tls = tls or _DEFAULT_TLS  # h2 is HTTP/2 over TLS: verify against the system store unless configured
     else:
         tls = None  # h2c is cleartext by definition
-    h2conn = await server.h2_upstreams.acquire(ep, timeout or 0.0, route.config.timeouts.idle, tls)
+    h2conn = await server.h2_upstreams.acquire(ep, timeout or 0.0, route.config.timeouts.idle, tls, fresh=fresh)
     return H2Call(h2conn, _upstream_headers(call, conn, tls is not None), end)
 
 
@@ -427,21 +487,27 @@ def _bounded(timeout: float, deadline: float | None, loop: asyncio.AbstractEvent
     return t if left is None else min(t, left)
 
 
-async def _error(conn: H2ServerProtocol, stream: H2Stream, call: Call, status: int, reason: str) -> None:
-    """The proxy's own answer (the one place errors become responses): Trailers-Only for gRPC clients."""
+async def _error(
+    conn: H2ServerProtocol, stream: H2Stream, call: Call, status: int, reason: str, limit: str = ""
+) -> None:
+    """The proxy's own answer (the one place errors become responses): Trailers-Only for gRPC clients.
+
+    ``limit``: the circuit-breaker limit that refused the stream, sent as ``x-fedproxy-reason`` (as HTTP/1.1 does)."""
     log.warning("event=h2_error status=%d reason=%r request_id=%s", status, reason, call.request_id.decode("latin-1"))
     call.status = status
     if call.committed or stream.closed:
         conn.reset(stream, int(h2.errors.ErrorCodes.INTERNAL_ERROR))
         return
     call.committed = True
+    extra = [(b"x-fedproxy-reason", b"circuit-breaker " + limit.encode())] if limit else []
     if call.grpc:
         call.grpc_status = grpc_status.from_http(status)
-        conn.send_headers(stream, grpc_status.trailers_only(status, reason), end_stream=True)
+        conn.send_headers(stream, grpc_status.trailers_only(status, reason) + extra, end_stream=True)
         return
     body = f"{status} {reason}\n".encode()
     conn.send_headers(stream, [(b":status", b"%d" % status), (b"content-type", b"text/plain; charset=utf-8"),
-                               (b"content-length", b"%d" % len(body)), (b"x-request-id", call.request_id)])  # fmt: skip
+                               (b"content-length", b"%d" % len(body)), (b"x-request-id", call.request_id),
+                               *extra])  # fmt: skip
     call.bytes_out += len(body)
     await conn.send_data(stream, body, True)
 

@@ -13,7 +13,8 @@ A connection with no stream for ``idle_timeout`` seconds closes.
 interface as the HTTP/1.1 translation (h2_to_h1.py): ``get()`` response events, ``ack(n)`` once passed on,
 ``send_data``/``send_trailers`` for the request body, ``finish(ok)``.
 A GOAWAY ends the streams above its last stream id as REFUSED_STREAM, which the forwarder retries: the
-peer did not process them (RFC 9113 6.8).
+peer did not process them (RFC 9113 6.8). The first such retry goes to the same endpoint on a ``fresh``
+connection (``acquire(..., fresh=True)``), so that a service with one endpoint survives a GOAWAY or a refusal.
 """
 
 from __future__ import annotations
@@ -121,14 +122,27 @@ class H2UpstreamPool:
         self.reuses = 0
 
     async def acquire(
-        self, ep: Endpoint, connect_timeout: float, idle_timeout: float, tls: UpstreamTls | None = None
+        self,
+        ep: Endpoint,
+        connect_timeout: float,
+        idle_timeout: float,
+        tls: UpstreamTls | None = None,
+        fresh: bool = False,
     ) -> H2UpstreamConnection:
         """A connection to ``ep`` (h2 over TLS with ``tls``, offering ALPN "h2"; else h2c prior knowledge) able
         to take a stream; raises OSError/TimeoutError when it cannot connect (ssl.SSLError is an OSError).
 
-        The caller must open its stream before its next ``await`` (the slot is not reserved)."""
+        The caller must open its stream before its next ``await`` (the slot is not reserved).
+        ``fresh``: always a new connection of its own (never shared with a concurrent connect), for a stream an
+        open connection refused; it joins the pool like any other."""
         key = (ep, tls)
         timeout = connect_timeout if connect_timeout > 0 else None
+        if fresh:
+            async with asyncio.timeout(timeout):
+                conn = await self._connect(ep, tls, idle_timeout)
+            self.connects += 1
+            self._conns.setdefault(key, []).append(conn)
+            return conn
         async with asyncio.timeout(timeout):
             while True:
                 for conn in self._conns.get(key, ()):

@@ -6,18 +6,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from dataclasses import replace
 
 import h2.config
 import h2.connection
 import h2.errors
 import h2.events
 import pytest
+from prometheus_client import REGISTRY
 
-from fedproxy.config import ClusterConfig, Config, HttpConfig, HttpListener, HttpRoute
+from fedproxy.config import BalancingConfig, ClusterConfig, Config, HttpConfig, HttpListener, HttpRoute
 from fedproxy.model import ServiceKey
 
 SERVICE = ServiceKey("demo", "web")
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def rejections(service: str, limit: str) -> float:
+    labels = {"service": service, "limit": limit}
+    return REGISTRY.get_sample_value("fedproxy_circuit_breaker_rejections_total", labels) or 0.0
 
 
 def make_config(upstream_protocol: str = "h2c") -> tuple[HttpListener, Config]:
@@ -280,3 +287,106 @@ async def test_h2_client_to_http1_backend(http_pods, http_proxy, http_world, cli
     headers, body = await client.response(sid)
     assert headers[b":status"] == b"503" and b"no healthy endpoint" in body
     assert px.server.stats()["connections"] == 1
+
+
+async def test_streams_over_max_requests_get_503_with_the_reason(http_pods, http_proxy, http_world, client) -> None:
+    pod = await http_pods("east", "p1")
+    lst, cfg = make_config("http1")
+    cfg = replace(cfg, balancing=BalancingConfig(max_requests=2))
+    px = await http_proxy(lst, cfg, http_world.state(cfg, {"east": [("127.0.0.1", pod.port)]}))
+    service = str(SERVICE)
+    before = rejections(service, "max_requests")
+    await client.connect(px.port)
+    slow = [request(client, "/sleep?ms=400") for _ in range(2)]
+    await client.flush()
+    await asyncio.sleep(0.15)  # both slow streams hold their slots now
+    refused = [request(client, f"/hello/{i}") for i in range(3)]
+    await client.flush()
+    for sid in refused:
+        headers, body = await client.response(sid)
+        assert headers[b":status"] == b"503", headers
+        assert headers[b"x-fedproxy-reason"] == b"circuit-breaker max_requests"
+        assert b"circuit breaker" in body
+    for sid in slow:
+        headers, _ = await client.response(sid)
+        assert headers[b":status"] == b"200"
+    assert rejections(service, "max_requests") - before == 3
+    # The slots are released: the pool serves again.
+    sid = request(client, "/after")
+    await client.flush()
+    assert (await client.response(sid))[0][b":status"] == b"200"
+    pool = next(iter(px.holder[0].pools.values()))
+    assert pool.breaker.counts["requests"] == 0 and pool.breaker.refused["requests"] == 3
+    assert pool.breaker.counts["retries"] == 0
+
+
+class RefusingUpstream:
+    """An h2c backend whose first connection refuses the first request (``mode``: "goaway" sends
+    GOAWAY(last_stream_id=0), "refuse" sends RST_STREAM(REFUSED_STREAM)); later connections answer 200."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.connections = 0
+        self.served: list[int] = []  # connection number of each request answered
+        self.transports: list[asyncio.Transport] = []
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        outer = self
+
+        class Proto(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                outer.connections += 1
+                self.n = outer.connections
+                self.t = transport
+                outer.transports.append(transport)  # type: ignore[arg-type]
+                self.c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+                self.c.initiate_connection()
+                self.t.write(self.c.data_to_send())  # type: ignore[attr-defined]
+
+            def data_received(self, data: bytes) -> None:
+                for ev in self.c.receive_data(data):
+                    if not isinstance(ev, h2.events.RequestReceived):
+                        continue
+                    sid = ev.stream_id
+                    if self.n == 1 and outer.mode == "goaway":
+                        self.c.close_connection(last_stream_id=0)
+                    elif self.n == 1:
+                        self.c.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)  # type: ignore[arg-type]
+                    else:
+                        outer.served.append(self.n)
+                        self.c.send_headers(sid, [(":status", "200"), ("content-length", "2")])  # type: ignore[arg-type]
+                        self.c.send_data(sid, b"ok", end_stream=True)  # type: ignore[arg-type]
+                self.t.write(self.c.data_to_send())  # type: ignore[attr-defined]
+
+        self.server = await asyncio.get_running_loop().create_server(Proto, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for t in self.transports:
+                t.abort()
+            await self.server.wait_closed()
+
+
+@pytest.mark.parametrize("mode", ["goaway", "refuse"])
+async def test_refused_stream_is_retried_on_a_fresh_connection_to_the_same_endpoint(
+    mode, http_proxy, http_world, client
+) -> None:
+    up = RefusingUpstream(mode)
+    await up.start()
+    try:
+        lst, cfg = make_config("h2c")
+        px = await http_proxy(lst, cfg, http_world.state(cfg, {"east": [("127.0.0.1", up.port)]}))
+        await client.connect(px.port)
+        sid = request(client, "/once", "POST")  # not idempotent: safe to resend because it was never processed
+        await client.flush()
+        headers, body = await client.response(sid)
+        assert headers[b":status"] == b"200" and body == b"ok"
+        assert up.connections == 2 and up.served == [2]
+        pool = next(iter(px.holder[0].pools.values()))
+        assert pool.breaker.counts["requests"] == 0 and pool.breaker.counts["retries"] == 0
+    finally:
+        await up.stop()

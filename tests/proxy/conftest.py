@@ -146,21 +146,28 @@ def tcp_refused_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def tcp_snapshot(cluster: str, pods: Sequence[tuple[str, int]]) -> ClusterSnapshot:
-    """A member exporting ``demo/echo`` (port "tcp" 7000) with one ready pod per (address, port)."""
-    svc = Service("demo", "echo", cluster_ips=("10.96.0.10",), ports=(ServicePort("tcp", 7000, target_port=7000),))
+def service_snapshot(
+    cluster: str, name: str, port_name: str, port: int, cluster_ip: str, pods: Sequence[tuple[str, int]]
+) -> ClusterSnapshot:
+    """A member exporting ``demo/<name>`` (one service port) with one ready pod per (address, port)."""
+    svc = Service("demo", name, cluster_ips=(cluster_ip,), ports=(ServicePort(port_name, port, target_port=port),))
     slices = {
-        ("demo", f"echo-{i}"): EndpointSlice(
-            "demo", f"echo-{i}", "echo", ports=(SlicePort("tcp", port),), endpoints=(SliceEndpoint((address,)),)
+        ("demo", f"{name}-{i}"): EndpointSlice(
+            "demo", f"{name}-{i}", name, ports=(SlicePort(port_name, p),), endpoints=(SliceEndpoint((address,)),)
         )
-        for i, (address, port) in enumerate(pods)
+        for i, (address, p) in enumerate(pods)
     }
     return ClusterSnapshot(
         cluster,
-        services=MappingProxyType({("demo", "echo"): svc}),
+        services=MappingProxyType({("demo", name): svc}),
         endpointslices=MappingProxyType(slices),
-        serviceexports=MappingProxyType({("demo", "echo"): ServiceExport("demo", "echo")}),
+        serviceexports=MappingProxyType({("demo", name): ServiceExport("demo", name)}),
     )
+
+
+def tcp_snapshot(cluster: str, pods: Sequence[tuple[str, int]]) -> ClusterSnapshot:
+    """A member exporting ``demo/echo`` (port "tcp" 7000) with one ready pod per (address, port)."""
+    return service_snapshot(cluster, "echo", "tcp", 7000, "127.1.0.10", pods)
 
 
 def tcp_config(listener: TcpListener, weights: Mapping[str, int]) -> Config:
@@ -189,7 +196,7 @@ def tcp_world() -> object:
 
 @dataclass(eq=False)
 class TcpProxyHarness:
-    """A running TcpProxyServer with a swappable state and the health reports it made."""
+    """A running proxy server with a swappable state and the health reports it made."""
 
     server: object
     holder: list[ServingState]
@@ -231,19 +238,7 @@ HTTP_SERVICE = ServiceKey("demo", "web")
 
 def http_snapshot(cluster: str, pods: Sequence[tuple[str, int]]) -> ClusterSnapshot:
     """A member exporting ``demo/web`` (port "http" 80) with one ready pod per (address, port)."""
-    svc = Service("demo", "web", cluster_ips=("10.96.0.20",), ports=(ServicePort("http", 80, target_port=8080),))
-    slices = {
-        ("demo", f"web-{i}"): EndpointSlice(
-            "demo", f"web-{i}", "web", ports=(SlicePort("http", port),), endpoints=(SliceEndpoint((address,)),)
-        )
-        for i, (address, port) in enumerate(pods)
-    }
-    return ClusterSnapshot(
-        cluster,
-        services=MappingProxyType({("demo", "web"): svc}),
-        endpointslices=MappingProxyType(slices),
-        serviceexports=MappingProxyType({("demo", "web"): ServiceExport("demo", "web")}),
-    )
+    return service_snapshot(cluster, "web", "http", 80, "127.1.0.20", pods)
 
 
 def http_state(
@@ -256,17 +251,8 @@ def http_state(
     return build_state(config, catalog, health, version=version)  # type: ignore[arg-type]
 
 
-@dataclass(eq=False)
-class HttpProxyHarness:
+class HttpProxyHarness(TcpProxyHarness):
     """A running HttpProxyServer with a swappable state and the health reports it made."""
-
-    server: object
-    holder: list[ServingState]
-    reports: list[tuple[object, bool]]
-
-    @property
-    def port(self) -> int:
-        return self.server.port  # type: ignore[attr-defined,no-any-return]
 
     @property
     def url(self) -> str:

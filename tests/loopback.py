@@ -25,6 +25,23 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def free_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 right now (for configs whose DNS listener shares it).
+
+    The kernel picks it; the small window until fedproxy binds it is the usual test-suite race.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+        return port
+
+
 async def until(predicate: Callable[[], Awaitable[T]], deadline: float = 15.0) -> T:
     """Poll ``predicate`` until it returns something truthy; connection errors count as "not yet"."""
     loop = asyncio.get_running_loop()

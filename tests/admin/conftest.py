@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -15,10 +14,12 @@ import pytest
 from fedproxy.admin.server import AdminServer
 from fedproxy.configload import parse_config
 from fedproxy.runtime import Runtime
+from fedproxy.serve import Server
 from fedproxy.sim import objects
 from fedproxy.sim.apiserver import FakeApiServer
 from fedproxy.sim.backends import HttpEcho
 from fedproxy.sim.kubeconfig import write_kubeconfig
+from tests.loopback import free_port
 
 MEMBERS = ("east", "west")
 
@@ -38,23 +39,6 @@ def web_objects(port: int) -> list[dict]:
         ),
         objects.service_export("demo", "web"),
     ]
-
-
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 right now (config validation refuses port 0).
-
-    The kernel picks it; the small window until the runtime binds it is the usual test-suite race.
-    """
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
 
 
 def config_yaml(
@@ -168,15 +152,10 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     async def start(text: str, *, wait_ready: bool = True) -> Proxy:
         path = tmp_path / f"fedproxy-{len(proxies)}.yaml"
         path.write_text(text)
-        runtime = Runtime(parse_config(text, source=str(path)), config_path=str(path))
-        await runtime.startup()
-        admin = AdminServer(runtime)
-        try:
-            await admin.start()
-        except BaseException:
-            await runtime.shutdown(0)
-            raise
-        proxy = Proxy(runtime, admin)
+        server = Server(parse_config(text, source=str(path)), config_path=str(path))
+        await server.startup()
+        runtime = server.runtime
+        proxy = Proxy(runtime, server.admin)
         proxies.append(proxy)
         if wait_ready:
             await eventually(lambda: runtime.ready()[0] and len(runtime.get_state().catalog.services) > 0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,24 +25,11 @@ import yaml
 from fedproxy.configload import parse_config
 from fedproxy.serve import Server
 from fedproxy.sim.topology import KARMADA_NAME, Topology
+from tests.loopback import free_port
 
 from .conftest import shipped_config
 
 TOKEN = "deploy-test-token"
-
-
-def free_port() -> int:
-    """A port free for TCP and UDP on 127.0.0.1 (config validation refuses port 0)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
 
 
 def localize(text: str, kubeconfig: Path, token_file: Path) -> dict[str, Any]:

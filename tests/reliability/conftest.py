@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fedproxy.admin.server import AdminServer
 from fedproxy.configload import parse_config
 from fedproxy.runtime import Runtime
+from fedproxy.serve import Server
 from fedproxy.sim import objects
 from fedproxy.sim.apiserver import FakeApiServer
 from fedproxy.sim.backends import HttpEcho, TcpEcho
@@ -356,15 +357,10 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             async def start(text: str, *, token: str = "", members: tuple[str, ...] = MEMBERS) -> Proxy:
                 path = tmp_path / f"fedproxy-{len(proxies)}.yaml"
                 path.write_text(text)
-                runtime = Runtime(parse_config(text, source=str(path)), config_path=str(path))
-                await runtime.startup()
-                admin = AdminServer(runtime)
-                try:
-                    await admin.start()
-                except BaseException:
-                    await runtime.shutdown(0)
-                    raise
-                proxy = Proxy(runtime, admin, session, token)
+                server = Server(parse_config(text, source=str(path)), config_path=str(path))
+                await server.startup()
+                runtime = server.runtime
+                proxy = Proxy(runtime, server.admin, session, token)
                 proxies.append(proxy)
                 await eventually(
                     lambda: all(

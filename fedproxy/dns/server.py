@@ -33,16 +33,15 @@ import socket
 import time
 import weakref
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
+from prometheus_client import Counter, Gauge, Histogram
 
 from ..aio import TaskOwner
 from ..balancing import ServingState
 from ..config import DnsConfig
+from ..metrics_flush import on_scrape
 from . import wire
 from .answer import AnswerTable, Hot, answer, build_table, pick_index, prebuild, rcode_of
 from .forward import forward
@@ -53,19 +52,11 @@ log = logging.getLogger("fedproxy.dns")
 _SERVERS: weakref.WeakSet[DnsServer] = weakref.WeakSet()
 
 
-class _FlushHotCounts(Collector):
-    """Moves the hot path's plain-int answer counts into ``fedproxy_dns_answers_total`` when scraped.
+@on_scrape
+def _flush_servers() -> None:
+    for server in list(_SERVERS):
+        server.flush_counts()
 
-    Registered before that counter, so a registry's collection (in registration order) sees it first.
-    """
-
-    def collect(self) -> Iterator[Metric]:
-        for server in list(_SERVERS):
-            server.flush_counts()
-        return iter(())
-
-
-REGISTRY.register(_FlushHotCounts())
 
 ANSWERS = Counter(
     "fedproxy_dns_answers",

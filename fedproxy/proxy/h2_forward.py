@@ -13,7 +13,6 @@ errors reach gRPC clients as Trailers-Only with the mapped status.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import h2.errors
 from prometheus_client import Counter
 
 from ..balancing import Pool
+from ..balancing.hashing import hash_key
 from ..balancing.metrics import count_budget_exhausted, count_rejection
 from ..config import UpstreamTls
 from ..model import Endpoint
@@ -49,12 +49,8 @@ _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connecti
 _DEFAULT_TLS = UpstreamTls()
 REFUSED_STREAM = int(h2.errors.ErrorCodes.REFUSED_STREAM)
 
-try:  # the shared hash of the balancing package (same contract as the HTTP/1.1 proxy's)
-    from ..balancing import hash_key as _hash_text  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover
-
-    def _hash_text(text: str) -> int:
-        return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "big")
+# The balancing package's hash, so the admin explain endpoint picks what the proxy picks for a key.
+_hash_text = hash_key
 
 
 class ClientGone(Exception):

@@ -10,12 +10,12 @@ Errors become responses in one place (``_fail``): 404 no route, 502 unreachable,
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..balancing import Pool
+from ..balancing.hashing import hash_key
 from ..balancing.metrics import count_budget_exhausted, count_rejection
 from ..model import Endpoint
 from . import http_head, http_log
@@ -31,12 +31,8 @@ log = logging.getLogger("fedproxy.proxy.http")
 
 HOLD = "hold"  # the upstream is not read while its response head waits for the retry-or-commit decision
 
-try:  # the balancing engineer may provide the shared hash; same contract: text -> int
-    from ..balancing import hash_key as _hash_text  # type: ignore[attr-defined]
-except ImportError:
-
-    def _hash_text(text: str) -> int:
-        return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "big")
+# The balancing package's hash, so the admin explain endpoint picks what the proxy picks for a key.
+_hash_text = hash_key
 
 
 class Exchange:

@@ -14,29 +14,16 @@ from __future__ import annotations
 import json
 import logging
 from bisect import bisect_left
-from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+from prometheus_client import Counter, Histogram
+
+from ..metrics_flush import on_scrape
 
 access_log = logging.getLogger("fedproxy.access")
 
 
-class _FlushHotCounts(Collector):
-    """Moves the plain-int counts into the metrics below when the default registry is collected (it is
-    registered first, and a registry collects in registration order)."""
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(())  # registering must not collect (flush is defined below)
-
-    def collect(self) -> Iterator[Metric]:
-        flush()
-        return iter(())
-
-
-REGISTRY.register(_FlushHotCounts())
+on_scrape(lambda: flush())  # flush is defined below, after the metrics it writes to
 
 REQUESTS = Counter(
     "fedproxy_http_requests_total",

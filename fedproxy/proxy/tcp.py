@@ -20,22 +20,21 @@ connections sit in a FIFO; the kernel's listen backlog queues the ones after the
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Gauge
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
+from prometheus_client import Counter, Gauge
 
 from ..aio import TaskOwner
 from ..balancing import Pool, PoolSpec, ServingState
+from ..balancing.hashing import hash_key
 from ..balancing.metrics import count_rejection
 from ..config import Config, TcpListener
+from ..metrics_flush import on_scrape
 from ..model import Endpoint
 from .tcp_passthrough import DECODE_ERROR_ALERT, route_by_hello
 from .tcp_splice import Attempts, Client, Settings, connect
@@ -45,26 +44,16 @@ __all__ = ["DECODE_ERROR_ALERT", "TcpProxyServer", "source_hash"]
 log = logging.getLogger("fedproxy.proxy.tcp")
 access_log = logging.getLogger("fedproxy.access")
 
-try:  # the balancing core's own key function, when it has one, so HTTP and TCP hash alike
-    from ..balancing.hashing import hash_key as _balancing_hash_key
-except ImportError:  # pragma: no cover - depends on the balancing package's version
-    _balancing_hash_key = None  # type: ignore[assignment]
-
 FLUSH_INTERVAL = 1.0  # s between moves of the plain-int counts into the Prometheus metrics
 _SERVERS: weakref.WeakSet[TcpProxyServer] = weakref.WeakSet()
 
 
-class _FlushCounts(Collector):
-    """Moves every listener's plain-int counts into the TCP metrics when scraped.
-
-    Registered before those metrics, so a registry's collection (in registration order) sees it first.
-    """
-
-    def collect(self) -> Iterator[Metric]:
-        for server in list(_SERVERS):
-            server.flush_counts()
-        _set_active()
-        return iter(())
+@on_scrape
+def _flush_servers() -> None:
+    """Every listener's plain-int counts into the TCP metrics, and the active gauge."""
+    for server in list(_SERVERS):
+        server.flush_counts()
+    _set_active()
 
 
 _ACTIVE_NAMES: set[str] = set()  # every listener name the active gauge was set for (set to 0, never removed)
@@ -81,8 +70,6 @@ def _set_active() -> None:
         ACTIVE.labels(name).set(n)
 
 
-REGISTRY.register(_FlushCounts())
-
 CONNECTIONS = Counter(
     "fedproxy_tcp_connections",
     "TCP client connections by listener, member and result",
@@ -97,9 +84,7 @@ ACTIVE = Gauge(
 
 def source_hash(address: str) -> int:
     """The affinity key for a client address (``hash_source_ip``): stable across processes and restarts."""
-    if _balancing_hash_key is not None:
-        return int(_balancing_hash_key(address))
-    return int.from_bytes(hashlib.blake2b(address.encode(), digest_size=8).digest(), "big")
+    return hash_key(address)
 
 
 def _sweep_interval(listener: TcpListener) -> float:

@@ -329,6 +329,11 @@ def secret(namespace: str, name: str, data: Mapping[str, bytes], type: str = "Op
     }
 
 
+def tls_secret(namespace: str, name: str, cert_pem: bytes, key_pem: bytes) -> Obj:
+    """A kubernetes.io/tls Secret (what cert-manager writes): the PEM chain in `tls.crt`, the key in `tls.key`."""
+    return secret(namespace, name, {"tls.crt": cert_pem, "tls.key": key_pem}, type="kubernetes.io/tls")
+
+
 def configmap(namespace: str, name: str, data: Mapping[str, str], labels: Mapping[str, str] | None = None) -> Obj:
     """A v1 ConfigMap."""
     return {

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from fedproxy.sim.patches import merge_patch
 from fedproxy.sim.resources import Resource, resource_for_kind
 from fedproxy.sim.selectors import FieldSelector, Selector
+from fedproxy.sim.validation import ValidationError, validate
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 Obj = dict[str, Any]
@@ -164,7 +165,7 @@ class ObjectStore:
         key = self._key(resource, obj)
         if key in self._objects:
             raise AlreadyExists(f'{resource.plural} "{key[2]}" already exists')
-        new = self._stamp(resource, copy.deepcopy(obj), None)
+        new = self._stamp(resource, self._valid(resource, copy.deepcopy(obj), None), None)
         return self._commit("ADDED", resource, key, new, None)
 
     def update(self, resource: Resource, obj: Obj) -> Obj:
@@ -179,7 +180,7 @@ class ObjectStore:
                 f'Operation cannot be fulfilled on {resource.plural} "{key[2]}": the object has been '
                 "modified; please apply your changes to the latest version and try again"
             )
-        new = self._stamp(resource, copy.deepcopy(obj), old)
+        new = self._stamp(resource, self._valid(resource, copy.deepcopy(obj), old), old)
         return self._commit("MODIFIED", resource, key, new, old)
 
     def apply(self, resource: Resource, obj: Obj) -> Obj:
@@ -230,6 +231,13 @@ class ObjectStore:
         if resource.namespaced and not meta.get("namespace"):
             raise Invalid(f"{resource.kind} {name!r}: metadata.namespace: Required value")
         return (resource.plural, meta.get("namespace", "") if resource.namespaced else "", name)
+
+    def _valid(self, resource: Resource, obj: Obj, old: Obj | None) -> Obj:
+        try:
+            validate(resource.plural, obj, old)
+        except ValidationError as exc:
+            raise Invalid(str(exc)) from None
+        return obj
 
     def _stamp(self, resource: Resource, obj: Obj, old: Obj | None) -> Obj:
         obj["apiVersion"], obj["kind"] = resource.api_version, resource.kind

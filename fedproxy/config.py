@@ -101,8 +101,8 @@ class TlsCertificate:
 
     cert_file: str = ""  # PEM path: the leaf first, then intermediates
     key_file: str = ""  # PEM path of the private key (unencrypted)
-    secret: ServiceKey | None = None  # a kubernetes.io/tls Secret "ns/name": not supported yet (a config error)
-    cluster: str = ""  # the member holding ``secret``
+    secret: ServiceKey | None = None  # a kubernetes.io/tls Secret "ns/name", watched (instead of the files)
+    cluster: str = ""  # the member holding ``secret`` (required with it)
 
 
 @dataclass(frozen=True)

@@ -464,7 +464,13 @@ def _check_tls(config: Config, clusters: dict[str, int] | None) -> list[str]:
                 problems.append(f"{p}: set either secret or cert_file + key_file, not both")
             elif cert.secret is None and not (cert.cert_file and cert.key_file):
                 problems.append(f"{p}: cert_file and key_file are both required")
-            if cert.cluster and clusters is not None and cert.cluster not in clusters:
+            if cert.secret is None:
+                if cert.cluster:
+                    problems.append(f"{p}.cluster: only used with secret (the member holding the Secret)")
+            elif not cert.cluster:
+                problems.append(f"{p}.cluster: required with secret (the member holding the Secret)")
+            elif clusters is not None and cert.cluster not in clusters:
+                # With karmada, members are discovered at run time: the Secret waits for its member to appear.
                 problems.append(
                     f"{p}.cluster: unknown cluster {quote(cert.cluster)}{suggest(cert.cluster, list(clusters))}"
                 )

@@ -8,6 +8,12 @@ snapshot (``ServerTls.update``) therefore changes what *new* handshakes get, whi
 keeps the context, certificate and keys it negotiated with. Protocol version floor and ALPN are decided from
 the base context, so ``update`` sets them on it too (OpenSSL copies them into each new connection).
 
+Certificates from kubernetes.io/tls Secrets arrive as PEM bytes; ``ssl`` loads chains only from files, so each
+pair is written to an anonymous memory file (``memfd_create``, never linked into any directory; a 0600 temp file
+deleted at once where that is missing) just for the ``load_cert_chain`` call. A listener with no certificate at
+all (its only one is a Secret that has not arrived) refuses every handshake with an ``internal_error`` alert
+from the SNI callback rather than presenting something else.
+
 Upstream side: :class:`ResumingContext` remembers the last ``SSLSession`` per server name and offers it on the
 next handshake. asyncio's ``create_connection`` has no ``session=`` argument, but both asyncio's and uvloop's
 TLS protocols create their ``SSLObject`` through ``context.wrap_bio(...)``, which a subclass can give one.
@@ -17,12 +23,16 @@ TLS protocols create their ``SSLObject`` through ``context.wrap_bio(...)``, whic
 from __future__ import annotations
 
 import logging
+import os
 import ssl
+import tempfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 from ..config import TlsConfig, UpstreamTls
-from .certs import CertStore, load_store
+from .certs import CertStore, LoadedCert, load_store
+from .secrets import SecretMaterial, SecretRef
 
 log = logging.getLogger("fedproxy.tls")
 
@@ -38,18 +48,58 @@ def _server_context(tls: TlsConfig, alpn: tuple[str, ...]) -> ssl.SSLContext:
     return ctx
 
 
+def load_pem_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """``ctx.load_cert_chain`` from PEM bytes: through a memory-only file, or a private temp file removed at once."""
+    data = key_pem.rstrip(b"\n") + b"\n" + cert_pem  # one file: the key, then the chain (load_cert_chain's format)
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is not None and os.path.isdir("/proc/self/fd"):
+        fd = memfd("fedproxy-tls", getattr(os, "MFD_CLOEXEC", 0))
+        try:
+            os.write(fd, data)
+            ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    fd, path = tempfile.mkstemp(prefix="fedproxy-tls-", suffix=".pem")  # O_EXCL, mode 0600
+    try:
+        os.write(fd, data)
+        os.close(fd)
+        fd = -1
+        ctx.load_cert_chain(path)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        os.unlink(path)
+
+
+def load_pair_into(ctx: ssl.SSLContext, cert: LoadedCert) -> None:
+    """Load one checked pair (file or Secret) into ``ctx``."""
+    if cert.secret is not None:
+        load_pem_chain(ctx, cert.cert_pem, cert.key_pem)
+    else:
+        ctx.load_cert_chain(cert.cert_file, cert.key_file)
+
+
 class ServerTls:
     """The TLS side of one listener: ``context`` for ``create_server``, ``update`` for new certificates.
 
     ``supported`` lists the application protocols the listener can actually serve; the configured ALPN list is
-    filtered by it, so a listener never announces "h2" before an HTTP/2 protocol exists to take it.
+    filtered by it, so a listener never announces "h2" before an HTTP/2 protocol exists to take it. ``secrets``
+    holds the PEM pairs of the Secrets the config names (those missing from it are pending).
     """
 
-    def __init__(self, tls: TlsConfig, supported: tuple[str, ...] = ("http/1.1",)) -> None:
+    def __init__(
+        self,
+        tls: TlsConfig,
+        supported: tuple[str, ...] = ("http/1.1",),
+        secrets: Mapping[SecretRef, SecretMaterial] | None = None,
+    ) -> None:
         self.supported = supported
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.sni_callback = self._on_sni
         self.store: CertStore
+        self.secrets: Mapping[SecretRef, SecretMaterial] = secrets or {}
+        self.refused = 0  # handshakes refused because the listener had no certificate at all
         self._by_index: tuple[ssl.SSLContext, ...] = ()
         self.update(tls)
 
@@ -57,30 +107,41 @@ class ServerTls:
     def alpn(self) -> tuple[str, ...]:
         return self._alpn
 
-    def update(self, tls: TlsConfig, store: CertStore | None = None) -> None:
-        """Read the certificates (or use ``store``) and serve them to new handshakes; CertError/SSLError leave
-        the previous ones in place."""
-        store = load_store(tls) if store is None else store
+    def update(
+        self,
+        tls: TlsConfig,
+        store: CertStore | None = None,
+        secrets: Mapping[SecretRef, SecretMaterial] | None = None,
+    ) -> None:
+        """Read the certificates (or use ``store``; Secret pairs from ``secrets``, else the last given) and serve
+        them to new handshakes; CertError/SSLError leave the previous ones in place."""
+        secrets = self.secrets if secrets is None else secrets
+        store = load_store(tls, secrets) if store is None else store
         alpn = tuple(p for p in tls.alpn if p in self.supported)
         contexts = []
         for cert in store.certs:
             ctx = _server_context(tls, alpn)
-            ctx.load_cert_chain(cert.cert_file, cert.key_file)
+            load_pair_into(ctx, cert)
             contexts.append(ctx)
         base = self.context
         base.minimum_version = VERSIONS[tls.min_version]
         if alpn:
             base.set_alpn_protocols(list(alpn))
-        # The default certificate on the base context too, so a handshake is served even if the callback
-        # is never reached.
-        base.load_cert_chain(store.certs[0].cert_file, store.certs[0].key_file)
+        if store.certs:
+            # The default certificate on the base context too, so a handshake is served even if the callback
+            # is never reached.
+            load_pair_into(base, store.certs[0])
         # One assignment: a handshake sees either the old snapshot or the new one.
-        self._by_index, self.store, self._alpn, self.tls = tuple(contexts), store, alpn, tls
+        self._by_index, self.store, self._alpn, self.tls, self.secrets = tuple(contexts), store, alpn, tls, secrets
 
-    def _on_sni(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+    def _on_sni(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
         store, contexts = self.store, self._by_index
+        if not contexts:
+            self.refused += 1
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR  # no certificate yet: fail rather than present another
         index = store.table.lookup(server_name)
         sslobj.context = contexts[0 if index is None else index]
+        return None
 
 
 def negotiated_protocol(transport: Any) -> str:

@@ -25,6 +25,14 @@ class Pem:
     key_file: str
     common_name: str
 
+    @property
+    def cert_pem(self) -> bytes:
+        return Path(self.cert_file).read_bytes()
+
+    @property
+    def key_pem(self) -> bytes:
+        return Path(self.key_file).read_bytes()
+
 
 class Pki:
     """A CA issuing leaf certificates with chosen names and validity, written under ``directory``."""

@@ -85,18 +85,53 @@ def test_encrypted_key_is_refused(ca: Pki, tmp_path: object) -> None:
     assert "is encrypted" in problems(https_config(pem))[0]
 
 
-def test_secret_certificates_are_not_supported_yet() -> None:
+def test_secret_certificates_load_without_reading_anything(ca: Pki) -> None:
+    b = ca.issue("b.test")
+    config = parse_config(f"""
+dns: {{enabled: false}}
+clusters: [{{name: east, kubeconfig: /dev/null}}]
+http:
+  listeners:
+    - port: 8443
+      tls:
+        certificates:
+          - {{secret: web/tls, cluster: east}}
+          - {{cert_file: {b.cert_file}, key_file: {b.key_file}}}
+""")
+    tls = config.http.listeners[0].tls
+    assert tls is not None
+    secret, file = tls.certificates
+    assert str(secret.secret) == "web/tls" and secret.cluster == "east" and not secret.cert_file
+    assert file.secret is None and file.cert_file == b.cert_file
+    assert config_warnings(config) == []
+
+
+def test_secret_certificates_need_a_configured_member_and_no_files() -> None:
     found = problems("""
 dns: {enabled: false}
 clusters: [{name: east, kubeconfig: /dev/null}]
 http:
   listeners:
     - port: 8443
-      tls: {certificates: [{secret: web/tls, cluster: east}]}
+      tls:
+        certificates:
+          - {secret: web/a}
+          - {secret: web/b, cluster: eastt}
+          - {secret: web/c, cluster: east, cert_file: c.crt, key_file: c.key}
+          - {secret: "no-namespace", cluster: east}
 """)
+    p = "http.listeners[0].tls.certificates"
+    assert f"{p}[0].cluster: required with secret (the member holding the Secret)" in found
+    assert any(f.startswith(f'{p}[1].cluster: unknown cluster "eastt"') for f in found)
+    assert f"{p}[2]: set either secret or cert_file + key_file, not both" in found
+    assert any(f.startswith(f"{p}[3].secret: ") and "namespace/name" in f for f in found)
+
+
+def test_cluster_without_secret_is_an_error(ca: Pki) -> None:
+    a = ca.issue("a.test")
+    found = problems(https_config(a).replace(f"key_file: {a.key_file}}}", f"key_file: {a.key_file}, cluster: c}}"))
     assert found == [
-        "http.listeners[0].tls.certificates[0]: certificates from kubernetes.io/tls Secrets are not supported yet; "
-        "use cert_file and key_file (mount the Secret as files: they are re-read when they change)"
+        "http.listeners[0].tls.certificates[0].cluster: only used with secret (the member holding the Secret)"
     ]
 
 

@@ -13,6 +13,9 @@ the debounce plus a few milliseconds).
 ``update(config)`` reconciles (kopf's adjust_tasks): new members start, removed ones stop and their snapshots
 are dropped, members whose connection settings changed restart; locality or Karmada readiness changes apply in
 place.
+
+With ``on_secret``, a member also watches the kubernetes.io/tls Secrets that the config's HTTPS listeners name
+in it (:mod:`.secrets`, one narrowed watch per Secret, sharing the member's client), reconciled the same way.
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
 from ..aio import TaskOwner
 from ..config import Config
 from ..model import ClusterSnapshot, Locality
+from ..tls.secrets import SecretRef, refs_by_cluster, secret_refs
 from .auth import MemberClient, MemberSpec, credentials_for, make_client
 from .karmada import KarmadaSource
+from .secrets import OnSecret, watch_secret
 from .state import MemberState
 from .watch import KINDS, KindWatcher, backoff_delay
 
@@ -42,6 +48,8 @@ OnChange = Callable[[Mapping[str, ClusterSnapshot]], None]
 class _Member:
     spec: MemberSpec
     state: MemberState
+    secrets: frozenset[SecretRef] = frozenset()  # TLS Secrets to watch in this member
+    secrets_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def configured_members(config: Config) -> dict[str, MemberSpec]:
@@ -57,9 +65,17 @@ def configured_members(config: Config) -> dict[str, MemberSpec]:
 class Discovery:
     """Watches every member and reports their snapshots through ``on_change``."""
 
-    def __init__(self, config: Config, on_change: OnChange, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: Config,
+        on_change: OnChange,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_secret: OnSecret | None = None,
+    ) -> None:
         self._config = config
         self._on_change = on_change
+        self._on_secret = on_secret
         self._clock = clock
         self._owner = TaskOwner("discovery")
         self._members: dict[str, _Member] = {}
@@ -130,6 +146,7 @@ class Discovery:
             if karmada_key is None:
                 self._karmada_members = {}
         wanted = self._wanted()
+        secrets = refs_by_cluster(secret_refs(self._config)) if self._on_secret is not None else {}
         for name in list(self._members):
             member = self._members[name]
             spec = wanted.get(name)
@@ -149,6 +166,10 @@ class Discovery:
                 member.spec = spec
                 member.state.settings = settings
                 member.state.set_ready(spec.ready, spec.locality)
+            member = self._members[name]
+            if member.secrets != secrets.get(name, frozenset()):
+                member.secrets = secrets.get(name, frozenset())
+                member.secrets_changed.set()
         tasks: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {"notify": self._notifier}
         if karmada_key is not None:
             tasks["karmada"] = self._karmada_task
@@ -177,6 +198,7 @@ class Discovery:
     async def _run_member(self, member: _Member) -> None:
         spec, state = member.spec, member.state
         owner = TaskOwner(f"member:{spec.name}")
+        secret_owner = TaskOwner(f"member:{spec.name}:tls")
         mc: MemberClient | None = None
         try:
             owner.spawn("monitor", self._monitor(state))
@@ -193,11 +215,26 @@ class Discovery:
             state.host = mc.host
             for kind in KINDS:
                 owner.spawn(kind, KindWatcher(state, mc.api, kind).run())
-            await asyncio.Event().wait()  # until cancelled: the watches run in ``owner``
+            # Until cancelled: the watches run in ``owner``; TLS Secret watches follow the config here.
+            await self._run_secrets(member, mc, secret_owner)
         finally:
+            await secret_owner.close()
             await owner.close()
             if mc is not None:
                 await mc.close()
+
+    async def _run_secrets(self, member: _Member, mc: MemberClient, owner: TaskOwner) -> None:
+        while True:
+            member.secrets_changed.clear()
+            emit = self._on_secret
+            wanted = {}
+            if emit is not None:
+                for ref in member.secrets:
+                    wanted[f"secret:{ref.namespace}/{ref.name}"] = partial(
+                        watch_secret, ref, mc.api, member.state, emit
+                    )
+            await owner.adjust(wanted)
+            await member.secrets_changed.wait()
 
     async def _monitor(self, state: MemberState) -> None:
         while True:

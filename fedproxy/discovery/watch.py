@@ -40,10 +40,12 @@ ListCall = Callable[..., Awaitable[Any]]
 
 @dataclass(frozen=True)
 class KindSpec:
-    """How to list and watch one kind; ``optional`` kinds (CRDs) may be absent from a member."""
+    """How to list and watch one kind; ``optional`` kinds (CRDs) may be absent from a member. ``parse`` turns an
+    API object into (snapshot key, value) and raises ValueError for one it cannot use (default: resources.parse)."""
 
     call: Callable[[client.ApiClient], ListCall]
     optional: bool = False
+    parse: Callable[[str, Any], tuple[Any, Any]] | None = None
 
 
 def _custom(plural: str) -> Callable[[client.ApiClient], ListCall]:
@@ -99,13 +101,17 @@ class ResyncNeeded(Exception):
 
 
 class KindWatcher:
-    """The list+watch loop of one kind of one member."""
+    """The list+watch loop of one kind of one member. ``spec`` defaults to ``KINDS[kind]``; with one of its own
+    (the Secrets of TLS certificates, :mod:`.secrets`) ``state`` is any object with MemberState's report methods."""
 
-    def __init__(self, state: MemberState, api: client.ApiClient, kind: ObjectKind) -> None:
+    def __init__(
+        self, state: MemberState, api: client.ApiClient, kind: ObjectKind, spec: KindSpec | None = None
+    ) -> None:
         self.state = state
         self.kind = kind
-        self._spec = KINDS[kind]
+        self._spec = KINDS[kind] if spec is None else spec
         self._call = self._spec.call(api)
+        self._parse_obj = self._spec.parse or parse
 
     @property
     def _timeouts(self) -> tuple[float, float]:
@@ -261,7 +267,7 @@ class KindWatcher:
 
     def _parse(self, obj: Any) -> tuple[Any, Any] | None:
         try:
-            return parse(self.kind, obj)
+            return self._parse_obj(self.kind, obj)
         except ValueError as exc:
             key = _meta_key(self.kind, obj)
             log.warning(

@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import secrets
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -73,6 +74,8 @@ class FakeApiServer:
         self.store = store or ObjectStore()
         self.bookmark_interval = bookmark_interval
         self.requests_served = 0
+        # "METHOD /path?query" of the latest requests, for tests asserting what a client asked (least privilege).
+        self.request_log: deque[str] = deque(maxlen=10_000)
         self.quirks = Quirks(crds=crds)
         self.ca: CertificateAuthority | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -206,6 +209,7 @@ class FakeApiServer:
         try:
             await self._unhung.wait()
             self.requests_served += 1
+            self.request_log.append(f"{request.method} {request.path_qs}")
             if self._fail_budget > 0:
                 self._fail_budget -= 1
                 code = self._fail_status

@@ -9,6 +9,7 @@ world or the new one, never a mix, and keeps the state it started with.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +29,8 @@ from .model import ClusterSnapshot, Endpoint
 from .probes import Prober
 from .proxy.http import HttpProxyServer
 from .proxy.tcp import TcpProxyServer
+from .tls.secretbook import SecretBook
+from .tls.secrets import SecretEvent, SecretMaterial, SecretRef, secret_refs
 
 log = logging.getLogger("fedproxy.runtime")
 
@@ -81,7 +84,11 @@ class Runtime:
         self._version = 0
         self._catalog_memo = CatalogMemo()  # rebuilds cost what changed (issue 9)
         self.state: ServingState = build_state(config, build_catalog((), config, 0))
-        self.discovery = Discovery(config, self._on_snapshots, clock=clock)
+        # Certificates of kubernetes.io/tls Secrets: checked here (control or only process), served by listeners.
+        self.tls_book = SecretBook(secret_refs(config) if role != "worker" else ())
+        self.tls_secrets: Mapping[SecretRef, SecretMaterial] = self.tls_book.good()
+        self.on_tls: list[Callable[[Mapping[SecretRef, SecretMaterial]], None]] = []  # the worker supervisor
+        self.discovery = Discovery(config, self._on_snapshots, clock=clock, on_secret=self._on_secret)
         self.http: dict[tuple[str, str, int], HttpProxyServer] = {}
         self.tcp: dict[tuple[str, str, int], TcpProxyServer] = {}
         self.dns: DnsServer | None = None
@@ -148,6 +155,18 @@ class Runtime:
         self.snapshots = dict(snapshots)
         self._rebuild()
 
+    def _on_secret(self, event: SecretEvent) -> None:
+        if self.tls_book.observe(event, dt.datetime.now(dt.UTC)):
+            self._set_tls_secrets(self.tls_book.good())
+
+    def _set_tls_secrets(self, secrets: Mapping[SecretRef, SecretMaterial]) -> None:
+        """New Secret certificates: every HTTPS listener reloads what changed (new handshakes only)."""
+        self.tls_secrets = secrets
+        for srv in self.http.values():
+            srv.set_tls_secrets(secrets)
+        for cb in self.on_tls:
+            cb(secrets)
+
     def report(self, ep: Endpoint, ok: bool) -> None:
         """Outcome of one upstream attempt (HTTP request, TCP connect); ejections rebuild the pools."""
         now = self.clock()
@@ -189,9 +208,18 @@ class Runtime:
         if self.role != "worker":
             await self.discovery.start()
 
-    async def apply_remote(self, config: Config, catalog: Catalog, overrides: Overrides, health: HealthView) -> None:
+    async def apply_remote(
+        self,
+        config: Config,
+        catalog: Catalog,
+        overrides: Overrides,
+        health: HealthView,
+        tls_secrets: Mapping[SecretRef, SecretMaterial] | None = None,
+    ) -> None:
         """Worker side: the control process sent a newer world; adopt it (listeners follow the config)."""
         self.remote_catalog, self.overrides, self.remote_health = catalog, overrides, health
+        if tls_secrets is not None and tls_secrets != self.tls_secrets:
+            self._set_tls_secrets(tls_secrets)  # before new listeners start: they take ``self.tls_secrets``
         if config != self.config:
             old = self.config
             self.config = config
@@ -215,6 +243,11 @@ class Runtime:
         snaps = self.snapshots
         if (self.config.clusters or self.config.karmada) and not any(s.synced for s in snaps.values()):
             return False, "no member synced yet"
+        waiting = self.tls_book.waiting()
+        if waiting:
+            # As Envoy keeps a listener warming until its SDS secrets arrive: not ready before every certificate
+            # could be served once. Later problems keep the last good certificate and readiness.
+            return False, f"TLS certificates not loaded yet from Secrets: {', '.join(map(str, waiting))}"
         return True, "ok"
 
     async def _apply_listeners(self, config: Config) -> None:
@@ -226,7 +259,14 @@ class Runtime:
             try:
                 for key, lst in wanted_http.items():
                     if key not in self.http:
-                        srv = HttpProxyServer(lst, config, self.get_state, self.report, reuse_port=self.reuse_port)
+                        srv = HttpProxyServer(
+                            lst,
+                            config,
+                            self.get_state,
+                            self.report,
+                            reuse_port=self.reuse_port,
+                            tls_secrets=self.tls_secrets,
+                        )
                         await srv.start()
                         started.append(srv)
                         self.http[key] = srv
@@ -298,6 +338,9 @@ class Runtime:
             self._rebuild()
             if self.role != "control":
                 await self._apply_listeners(new)
+            # Track the new config's Secrets before discovery opens their watches; a dropped one stops serving.
+            if self.tls_book.configure(secret_refs(new)):
+                self._set_tls_secrets(self.tls_book.good())
             await self.discovery.update(new)
         except OSError as exc:
             # A listener could not bind: go back to the old config, which still has all its sockets.

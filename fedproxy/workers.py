@@ -8,6 +8,8 @@
 - Control -> worker: versioned messages over a Unix socket pair, each a 4-byte length and a pickled
   :class:`WorldMessage` (the Catalog and the settings as plain frozen values; both ends are this program, so
   pickle is a trusted format here). A worker that falls behind applies only the newest message it has.
+  Certificates from kubernetes.io/tls Secrets travel in it too, as the PEM pairs the control process checked
+  (workers open no API connection); the socket pair is private to the two processes.
 - Worker -> control: one "ready" byte once its listeners are bound; nothing on the hot path.
 - A worker that dies is restarted (with backoff) while the others keep serving.
 - Metrics use prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by the CLI before any
@@ -25,7 +27,8 @@ import signal
 import socket
 import struct
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .aio import TaskOwner, install_uvloop
@@ -33,6 +36,7 @@ from .balancing import HealthView, Overrides, ServingState
 from .catalog import Catalog
 from .config import Config
 from .runtime import Runtime
+from .tls.secrets import SecretMaterial, SecretRef
 
 log = logging.getLogger("fedproxy.workers")
 
@@ -60,6 +64,8 @@ class WorldMessage:
     catalog: Catalog
     overrides: Overrides
     health: HealthView  # active-check results from the control process
+    # PEM pairs of the watched TLS Secrets that passed the control's checks (last good of each)
+    tls_secrets: Mapping[SecretRef, SecretMaterial] = field(default_factory=dict)
 
 
 def encode(msg: WorldMessage) -> bytes:
@@ -132,6 +138,7 @@ class Supervisor:
         self.stopping = False
         self._last_frame = b""
         runtime.on_state.append(self._publish)
+        runtime.on_tls.append(lambda _secrets: self._publish(runtime.state))
         runtime.workers_ready = self.ready
 
     def ready(self) -> tuple[bool, str]:
@@ -141,7 +148,8 @@ class Supervisor:
     def _publish(self, state: ServingState) -> None:
         # Only the control's active checks travel: passive ejections are each worker's own (as in Envoy).
         health = self.runtime.prober.health.view()
-        msg = WorldMessage(state.version, state.config, state.catalog, state.overrides, health)
+        secrets = dict(self.runtime.tls_secrets)
+        msg = WorldMessage(state.version, state.config, state.catalog, state.overrides, health, secrets)
         self._last_frame = encode(msg)
         for w in self.workers:
             w.send(self._last_frame)
@@ -201,11 +209,12 @@ async def _apply(inbox: _Inbox, runtime_box: list[Runtime], started: asyncio.Eve
         if not runtime_box:
             rt = Runtime(msg.config, reuse_port=True, role="worker")
             rt.remote_catalog, rt.overrides, rt.remote_health = msg.catalog, msg.overrides, msg.health
+            rt.tls_secrets = msg.tls_secrets
             runtime_box.append(rt)
             await rt.startup()
             started.set()
         else:
-            await runtime_box[0].apply_remote(msg.config, msg.catalog, msg.overrides, msg.health)
+            await runtime_box[0].apply_remote(msg.config, msg.catalog, msg.overrides, msg.health, msg.tls_secrets)
 
 
 async def worker_main(fd: int, index: int) -> None:

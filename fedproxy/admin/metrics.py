@@ -101,6 +101,31 @@ class RuntimeCollector(Collector):
         for name in sorted(set(names) | set(per_cluster)):
             ejected.add_metric([name], per_cluster.get(name, 0))
         yield ejected
+        yield from _tls_secret_metrics(rt)
+
+
+def _tls_secret_metrics(rt: Any) -> Iterator[Metric]:
+    """Certificates from kubernetes.io/tls Secrets: whether each serves its Secret's current content, and until when."""
+    book = getattr(rt, "tls_book", None)
+    if book is None:
+        return
+    ok = GaugeMetricFamily(
+        "fedproxy_tls_secret_ok",
+        "1 when the certificate served is the Secret's current content (0: pending, missing or invalid)",
+        labels=["secret"],
+    )
+    expiry = GaugeMetricFamily(
+        "fedproxy_tls_secret_not_after_timestamp_seconds",
+        "Unix time the certificate served from the Secret expires",
+        labels=["secret"],
+    )
+    serving = book.serving()
+    for ref, state in book.states().items():
+        ok.add_metric([str(ref)], 1 if state == "ok" else 0)
+        cert = serving.get(ref)
+        if cert is not None:
+            expiry.add_metric([str(ref)], cert.not_after.timestamp())
+    yield from (ok, expiry)
 
 
 def process_registry() -> CollectorRegistry:

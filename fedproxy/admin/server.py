@@ -183,6 +183,8 @@ class AdminServer:
 
     def state_document(self) -> dict[str, Any]:
         rt = self.runtime
+        book = getattr(rt, "tls_book", None)
+        tls_secrets = book.status() if book is not None else []  # certificates from kubernetes.io/tls Secrets
         return state_json(
             rt.get_state(),
             now=rt.clock(),
@@ -191,7 +193,7 @@ class AdminServer:
             config_hash=self.config_hash(),
             ready=rt.ready(),
             reloads={"ok": rt.reloads_ok, "failed": rt.reloads_failed, "last_error": list(rt.last_reload_error)},
-        )
+        ) | {"tls_secrets": tls_secrets}
 
     async def state(self, request: web.Request) -> web.Response:
         return _json(self.state_document())

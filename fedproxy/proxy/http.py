@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..aio import TaskOwner
@@ -21,6 +21,7 @@ from ..config import Config, HttpListener
 from ..model import Endpoint
 from ..tls.certs import CertError, current_stamp
 from ..tls.context import ServerTls
+from ..tls.secrets import SecretMaterial, SecretRef, tls_refs
 from . import h2_protocol, http_forward, http_log
 from .h2_upstream import H2UpstreamPool
 from .http_protocol import HttpProxyProtocol
@@ -50,6 +51,7 @@ class HttpProxyServer:
         report: Callable[[Endpoint, bool], None],
         *,
         reuse_port: bool = False,
+        tls_secrets: Mapping[SecretRef, SecretMaterial] | None = None,
     ) -> None:
         self.listener = listener
         self.config = config
@@ -72,13 +74,14 @@ class HttpProxyServer:
         self._by_class: dict[str, int] = {}
         self._local: dict[int, int] = {}
         self.tls: ServerTls | None = None
+        self.tls_secrets: Mapping[SecretRef, SecretMaterial] = tls_secrets or {}  # PEM of Secret certificates
 
     async def start(self) -> None:
         """Bind and listen; ``port`` is the bound port afterwards (useful when 0 was asked)."""
         loop = asyncio.get_running_loop()
         if self.listener.tls is not None:
             try:
-                self.tls = ServerTls(self.listener.tls, self.ALPN_SUPPORTED)
+                self.tls = ServerTls(self.listener.tls, self.ALPN_SUPPORTED, self.tls_secrets)
             except CertError as exc:  # checked at config load; files changed since: fail like a bind error
                 raise OSError(f"listener {self.name}: {exc}") from None
         self._server = await loop.create_server(
@@ -126,16 +129,30 @@ class HttpProxyServer:
             await asyncio.sleep(METRICS_FLUSH)
             http_log.flush()
 
-    # TLS certificates: re-read on reload and when the files change (new handshakes only).
+    # TLS certificates: re-read on reload, when the files change and when a Secret changes (new handshakes only).
+
+    def set_tls_secrets(self, secrets: Mapping[SecretRef, SecretMaterial]) -> None:
+        """The current PEM pairs of the watched Secrets; reloads when one this listener serves changed."""
+        old, self.tls_secrets = self.tls_secrets, secrets
+        spec = self.listener.tls
+        if self.tls is not None and spec is not None and any(old.get(r) != secrets.get(r) for r in tls_refs(spec)):
+            self._reload_tls("secret_changed")
 
     def _reload_tls(self, why: str) -> bool:
         assert self.tls is not None and self.listener.tls is not None
         try:
-            self.tls.update(self.listener.tls)
+            self.tls.update(self.listener.tls, secrets=self.tls_secrets)
         except (CertError, OSError) as exc:  # ssl.SSLError is an OSError; keep serving the previous certificates
             log.warning("event=tls_reload_failed listener=%s why=%s error=%r", self.name, why, str(exc))
             return False
-        log.info("event=tls_reloaded listener=%s why=%s certificates=%d", self.name, why, len(self.tls.store.certs))
+        store = self.tls.store
+        log.info(
+            "event=tls_reloaded listener=%s why=%s certificates=%d pending=%s",
+            self.name,
+            why,
+            len(store.certs),
+            ",".join(map(str, store.pending)) or "-",
+        )
         return True
 
     async def _watch_tls_files(self) -> None:
@@ -190,6 +207,16 @@ class HttpProxyServer:
             "upstream_connects": self.upstreams.connects,
             "upstream_reuses": self.upstreams.reuses,
             "upstream_idle": self.upstreams.idle_count(),
+            **({"tls": self.tls_stats()} if self.tls is not None else {}),
+        }
+
+    def tls_stats(self) -> dict[str, Any]:
+        assert self.tls is not None
+        store = self.tls.store
+        return {
+            "certificates": [{"source": c.source, "subject": c.subject, "names": list(c.names)} for c in store.certs],
+            "pending": [str(ref) for ref in store.pending],  # Secrets not arrived: their names cannot be served
+            "handshakes_refused": self.tls.refused,  # refused for want of any certificate
         }
 
     async def drain(self, timeout: float) -> None:

@@ -14,8 +14,9 @@ import yaml
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 OVERLAYS = ("front-door", "dns", "karmada")
 # Every kustomization under deploy/: the overlays users install, plus the RBAC trees applied to remote members
-# and to the Karmada control plane, plus the base (not installed alone, but it must render).
-TREES = ("base", *(f"overlays/{o}" for o in OVERLAYS), "member-access", "karmada-control-plane")
+# and to the Karmada control plane, the opt-in Secret access for secret-backed certificates, plus the base (not
+# installed alone, but it must render).
+TREES = ("base", *(f"overlays/{o}" for o in OVERLAYS), "member-access", "karmada-control-plane", "tls-secrets")
 KUBECTL = shutil.which("kubectl")
 
 Obj = dict[str, Any]

@@ -226,6 +226,22 @@ def test_karmada_rbac_lists_clusters_and_only_gets_member_secrets(render: Any) -
     assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
 
 
+def test_tls_secret_access_is_opt_in_and_limited_to_named_secrets(render: Any) -> None:
+    # Only the tls-secrets tree reads Secrets in a member; everything installed by default reads none.
+    for tree in ("base", *(f"overlays/{o}" for o in OVERLAYS), "member-access"):
+        for (kind, name), rules in _rules(render(tree)).items():
+            assert all("secrets" not in rule["resources"] for rule in rules), (tree, kind, name)
+    objs = render("tls-secrets")
+    assert {o["kind"] for o in objs} == {"Role", "RoleBinding"}  # namespaced: never a ClusterRole on secrets
+    (rule,) = only(objs, "Role", "fedproxy-tls-secrets")["rules"]
+    assert rule["resources"] == ["secrets"] and rule["apiGroups"] == [""]
+    assert set(rule["verbs"]) == READ_ONLY and rule["resourceNames"]
+    binding = only(objs, "RoleBinding", "fedproxy-tls-secrets")
+    subjects = {(s["name"], s["namespace"]) for s in binding["subjects"]}
+    base_sa = pod_spec(render("base"))["serviceAccountName"]
+    assert subjects == {(base_sa, "fedproxy"), ("fedproxy-remote", "fedproxy")}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overrides_configmap_role_and_config_agree(render: Any, overlay: str, tmp_path: Path) -> None:
     objs = render(f"overlays/{overlay}")

@@ -9,9 +9,11 @@ Glossary:
 - *grace period*: how long every watch of a member may fail before the member is *disconnected*
   (``ClusterSnapshot.connected = False``; objects kept for the state view, skipped for serving) (:mod:`.state`).
 - *Karmada source*: members taken from a Karmada control plane's Cluster objects (:mod:`.karmada`).
+- *TLS Secret watch*: one narrowed list+watch per kubernetes.io/tls Secret an HTTPS certificate names
+  (:mod:`.secrets`); reported through ``on_secret``, never part of a snapshot or of member connectivity.
 
 :class:`Discovery` (:mod:`.member`) owns all of it and reports every snapshot through ``on_change``.
-This package emits snapshots and nothing else; it never imports the catalog or the serving side.
+This package emits snapshots (and Secret events) and nothing else; it never imports the catalog or the serving side.
 """
 
 from .auth import Credentials, MemberClient, MemberSpec, credentials_for, make_client

@@ -166,10 +166,10 @@ class Discovery:
                 member.spec = spec
                 member.state.settings = settings
                 member.state.set_ready(spec.ready, spec.locality)
-            member = self._members[name]
-            if member.secrets != secrets.get(name, frozenset()):
-                member.secrets = secrets.get(name, frozenset())
-                member.secrets_changed.set()
+            current, tls = self._members[name], secrets.get(name, frozenset())
+            if current.secrets != tls:
+                current.secrets = tls
+                current.secrets_changed.set()
         tasks: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {"notify": self._notifier}
         if karmada_key is not None:
             tasks["karmada"] = self._karmada_task
@@ -227,7 +227,7 @@ class Discovery:
         while True:
             member.secrets_changed.clear()
             emit = self._on_secret
-            wanted = {}
+            wanted: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {}
             if emit is not None:
                 for ref in member.secrets:
                     wanted[f"secret:{ref.namespace}/{ref.name}"] = partial(

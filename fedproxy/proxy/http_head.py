@@ -88,7 +88,7 @@ def request_head(
     if xff or fwd or via:
         out.append(_forwarding(client_ip, host, scheme, xff, fwd, via))
     else:  # the common case: the same few lines for every request of a client connection
-        out.append(_forwarding_cached(client_ip, host, scheme))
+        out.append(forwarding_lines(client_ip, host, scheme))
     if not has_request_id:
         out.append(b"X-Request-Id: %b\r\n" % request_id)
     if chunked:
@@ -114,7 +114,8 @@ def _forwarding(client_ip: str, host: bytes, scheme: bytes, xff: bytes, fwd: byt
 
 
 @lru_cache(maxsize=4096)
-def _forwarding_cached(client_ip: str, host: bytes, scheme: bytes) -> bytes:
+def forwarding_lines(client_ip: str, host: bytes, scheme: bytes) -> bytes:
+    """The forwarding header lines of a request that brought none: the same for every request of a client."""
     return _forwarding(client_ip, host, scheme, b"", b"", b"")
 
 

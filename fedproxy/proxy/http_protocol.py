@@ -11,18 +11,16 @@ wait in ``queue`` with reading paused. After a 101 both connections become a byt
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httptools
 
-from . import http_fast, http_head
+from . import http_express, http_fast, http_head
 from .flow import FlowControl
-from .http_request import Request
+from .http_request import Request, next_request_id
 from .upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
@@ -31,15 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedproxy.proxy.http")
 
 KEEPALIVE_IDLE = 60.0  # s an idle client keep-alive connection is kept (Timeouts.idle default)
-
-
-_ID_PREFIX = os.urandom(3).hex().encode("ascii")  # per process: ids stay unique across workers and restarts
-_ID_COUNTER = itertools.count(1)
-
-
-def next_request_id() -> bytes:
-    """A request id for a request without one: a random per-process prefix and a counter (no syscall)."""
-    return b"%b%010x" % (_ID_PREFIX, next(_ID_COUNTER))
 
 
 class _HeadTooLarge(Exception):
@@ -55,6 +44,8 @@ class HttpProxyProtocol(asyncio.Protocol):
         # Per connection.
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
+        self.lean: httptools.HttpRequestParser | None = http_express.new_parser()  # None: express lane off
+        self.mid = False  # the full parser is inside a message (the express lane takes whole messages only)
         self.flow = FlowControl()  # response direction: the upstream is the source, we are the sink
         self.inbound = FlowControl()  # every reason to stop reading this client (upstream full, pipelining...)
         self.client_ip = ""
@@ -115,6 +106,8 @@ class HttpProxyProtocol(asyncio.Protocol):
                 self.active.tunnel_pending.append(data)
             return
         try:
+            if self.active is None and not self.mid and http_express.serve(self, data):
+                return
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self.upgrade_seen = True
@@ -157,6 +150,7 @@ class HttpProxyProtocol(asyncio.Protocol):
     # Parser callbacks
 
     def on_message_begin(self) -> None:
+        self.mid = True
         self.req = Request(self.loop.time())
         if self.active is None and self.requests_served:
             self.set_deadline(self.listener.request_head_timeout, self._head_timeout)
@@ -236,6 +230,7 @@ class HttpProxyProtocol(asyncio.Protocol):
                 self.inbound.pause_reading("body")
 
     def on_message_complete(self) -> None:
+        self.mid = False
         req = self.req
         assert req is not None
         req.body_done = True

@@ -8,12 +8,21 @@ response state. ``retry_kind`` maps an upstream failure to the RetryPolicy's nam
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 
 from ..config import RetryPolicy
 from . import http_head
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 REPLAY_LIMIT = 64 * 1024  # bytes of request body kept for a retry; beyond it a started upload is not retried
+_ID_PREFIX = os.urandom(3).hex().encode("ascii")  # per process: ids stay unique across workers and restarts
+_ID_COUNTER = itertools.count(1)
+
+
+def next_request_id() -> bytes:
+    """A request id for a request without one: a random per-process prefix and a counter (no syscall)."""
+    return b"%b%010x" % (_ID_PREFIX, next(_ID_COUNTER))
 
 
 class Request:

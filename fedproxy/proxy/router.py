@@ -91,6 +91,11 @@ class Router:
             | {r.pin_header for r in routes}
             | {r.config.hash.name.lower() for r in routes if r.config.hash and r.config.hash.on == "header"}
         )
+        # The express lane (http_express) takes requests the router needs no header of: none but a pin header,
+        # and only when that header is absent (``pin_needles``: how its line starts in a lowercased head).
+        pins = {r.pin_header for r in routes if r.pin_header}
+        self.needs_headers = bool(self.header_names - pins)
+        self.pin_needles = tuple(b"\n%b:" % p.encode("latin-1") for p in sorted(pins))
         self.needs_cookies = any(
             r.cookies or (r.config.hash is not None and r.config.hash.on == "cookie") for r in routes
         )

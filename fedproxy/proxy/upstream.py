@@ -17,7 +17,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
@@ -26,6 +26,9 @@ from ..model import Endpoint
 from ..tls.context import ResumingContext, upstream_context, upstream_server_name
 from .flow import FlowControl
 from .http_head import HOP_BY_HOP
+
+if TYPE_CHECKING:
+    from .http_express import Express
 
 log = logging.getLogger("fedproxy.proxy.upstream")
 
@@ -99,6 +102,9 @@ class UpstreamProtocol(asyncio.Protocol):
         self.told = False  # the sink has heard of the completion
         self.keep_alive = True
         self.upgraded = False
+        # The express lane (http_express): its attempt in flight, and its validating response parser.
+        self.express: Express | None = None
+        self.lean: httptools.HttpResponseParser | None = None
 
     def begin(self, sink: Sink, head_request: bool, writer: Writer | None = None) -> None:
         """Start a request/response on this connection for ``sink`` (the caller writes the request); ``writer``
@@ -160,6 +166,9 @@ class UpstreamProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
 
     def data_received(self, data: bytes) -> None:
+        ex = self.express
+        if ex is not None and ex.respond(self, data):
+            return
         sink = self.sink
         if sink is None:
             # Bytes on an idle connection: the upstream broke framing or is closing; never reuse it.
@@ -336,6 +345,7 @@ class UpstreamPool:
         self.max_idle = max_idle
         self._idle: dict[tuple[Endpoint, UpstreamTls | None], list[UpstreamProtocol]] = {}
         self._contexts: dict[UpstreamTls, ResumingContext] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the connections (known at first release)
         self.connects = 0
         self.reuses = 0
 
@@ -397,7 +407,10 @@ class UpstreamPool:
             up.close()
             return
         idle.append(up)
-        up.idle_for(asyncio.get_running_loop(), idle_timeout)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        up.idle_for(loop, idle_timeout)
 
     def forget(self, up: UpstreamProtocol) -> None:
         idle = self._idle.get((up.ep, up.tls))

@@ -41,12 +41,14 @@ if TYPE_CHECKING:
 # Request header lines (lowercased head) that send a request to the full parser: a body, an upgrade, an
 # Expect, hop-by-hop headers and the forwarding headers this hop appends to.
 _REQ_SLOW = re.compile(
-    rb"\n(?:content-length|transfer-encoding|upgrade|expect|connection|keep-alive|te|trailer|proxy-[a-z-]*"
+    rb"\n(?:content-length|transfer-encoding|upgrade|expect|keep-alive|te|trailer|proxy-[a-z-]*"
     rb"|x-forwarded-[a-z-]*|forwarded|via):"
 )
 # Response header lines that need the fast path's head rebuilding (Connection is handled here).
 _RESP_SLOW = re.compile(rb"\n(?:transfer-encoding|keep-alive|upgrade|te|trailer|proxy-[a-z-]*|via):|\n[ \t]")
 _VIA = b"\r\nVia: " + http_head.VIA
+_VIA_CLOSE = _VIA + b"\r\nConnection: close"
+_PLAIN_CONNECTION = (b"keep-alive", b"close")
 _MAX_POOLS = 1024  # cached (route, state) -> pool entries before the cache starts over
 
 # id(route) -> (route, state, pool): PoolSpec hashes a tree of frozen dataclasses, too dear per request.
@@ -101,6 +103,14 @@ def serve(client: HttpProxyProtocol, data: bytes) -> bool:
         rid = data[k + 15 : j].strip(b" \t")
         if low.find(b"\r\nx-request-id:", j) >= 0:
             return False
+    keep_alive = True
+    c = low.find(b"\r\nconnection:")
+    if c >= 0:  # one Connection header saying keep-alive or close (naming no other header) is ours to drop
+        e = low.find(b"\r\n", c + 2)
+        value = low[c + 13 : e].strip(b" \t")
+        if value not in _PLAIN_CONNECTION or low.find(b"\r\nconnection:", e) >= 0:
+            return False
+        keep_alive = value == b"keep-alive"
     parser = client.lean
     if parser is None:
         return False
@@ -129,6 +139,7 @@ def serve(client: HttpProxyProtocol, data: bytes) -> bool:
     if k < 0:
         rid = next_request_id()
     ex = Express(client, route, pool, hash_key, data, le, host, path, rid, k >= 0)
+    ex.keep_alive = keep_alive and not client.draining
     client.deadline = None  # the keep-alive idle deadline: a request is here
     refused = pool.breaker.try_acquire("requests")
     if refused is not None:
@@ -155,8 +166,9 @@ def serve(client: HttpProxyProtocol, data: bytes) -> bool:
     up.express = ex
     up.sink = ex  # type: ignore[assignment]  # told of a lost connection; any other event converts first
     fwd = http_head.forwarding_lines(client.client_ip, host, client.scheme)
+    head = data[: n - 2] if c < 0 else data[:c] + data[e : n - 2]
     up.transport.write(  # type: ignore[union-attr]
-        data[: n - 2] + fwd + b"\r\n" if k >= 0 else data[: n - 2] + fwd + b"X-Request-Id: " + rid + b"\r\n\r\n"
+        head + fwd + b"\r\n" if k >= 0 else head + fwd + b"X-Request-Id: " + rid + b"\r\n\r\n"
     )
     header_timeout = cfg.timeouts.response_header
     if header_timeout > 0:
@@ -208,8 +220,6 @@ class Express:
             or data[:9] != b"HTTP/1.1 "
             or data[12:13] != b" "
             or not code.isdigit()
-            or not self.keep_alive
-            or client.draining
             or client.closing
         ):
             self.convert()
@@ -253,7 +263,9 @@ class Express:
         http_log.observe_latency(server.name, route.service_name, ep.cluster, client.loop.time() - self.started)
         server.report(ep, status < 500)
         self.status = status
-        client.transport.write(head + _VIA + data[end:])  # type: ignore[union-attr]
+        keep_alive = self.keep_alive and not client.draining
+        self.keep_alive = keep_alive
+        client.transport.write(head + (_VIA if keep_alive else _VIA_CLOSE) + data[end:])  # type: ignore[union-attr]
         up.express = None
         up.complete = True
         server.upstreams.release(up, server.upstream_idle)

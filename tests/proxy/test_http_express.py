@@ -184,10 +184,16 @@ async def test_pipelined_and_split_requests_keep_their_order(http_proxy, http_wo
         status, headers, _ = await read_response(reader, head_only=True)
         assert status == 200 and headers["content-length"] == "5"
         assert (await get(writer, reader, "/plain"))[2] == b"plain"  # the HEAD left no body behind
+        status, headers, body = await get(writer, reader, "/plain?last", "Connection: keep-alive\r\n")
+        assert (status, body) == (200, b"plain") and "connection" not in headers
+        status, headers, body = await get(writer, reader, "/plain?last", "Connection: close\r\n")
+        assert (status, body, headers["connection"]) == (200, b"plain", "close")
+        assert await reader.read() == b""  # closed after the response it asked to be the last
     finally:
         writer.close()
     assert [h.split(b"\r\n")[0] for h in pod.heads[1:4]] == [
         b"GET /plain?n=1 HTTP/1.1", b"GET /split HTTP/1.1", b"GET /plain?n=3 HTTP/1.1"]  # fmt: skip
+    assert not any(b"onnection" in h for h in pod.heads)  # hop-by-hop: never forwarded
     given = [h for h in pod.heads if b"given-id" in h]
     assert len(given) == 1 and given[0].count(b"X-Request-Id") + given[0].count(b"x-request-id") == 1
     idle(px)

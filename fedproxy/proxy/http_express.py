@@ -215,13 +215,7 @@ class Express:
         client = self.client
         end = data.find(b"\r\n\r\n")
         code = data[9:12]
-        if (
-            end < 0
-            or data[:9] != b"HTTP/1.1 "
-            or data[12:13] != b" "
-            or not code.isdigit()
-            or client.closing
-        ):
+        if end < 0 or data[:9] != b"HTTP/1.1 " or data[12:13] != b" " or not code.isdigit() or client.closing:
             self.convert()
             return False
         status = int(code)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import resource
+import sys
 from pathlib import Path
 
 from .context import Context, run_tool
@@ -95,6 +96,17 @@ def start_haproxy(ctx: Context) -> tuple[Child | None, dict[str, int], str]:
     return child, ports, ""
 
 
+def start_floor(ctx: Context) -> tuple[Child | None, int, str]:
+    """The Python floor (benchmarks/floor_proxy.py) on the system-under-test core, to the same backend."""
+    port = free_port()
+    cmd = [sys.executable, str(Path(__file__).with_name("floor_proxy.py")), str(port), str(ctx.env.ports.backend)]
+    child = Child("python-floor", pinned(cmd, SUT_CORE), ctx.workdir / "python-floor.log").start()
+    if not wait_port("127.0.0.1", port):
+        child.stop()
+        return None, 0, f"the floor proxy did not start: {child.log_tail()}"
+    return child, port, ""
+
+
 def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
@@ -141,7 +153,11 @@ async def run(ctx: Context) -> Table:
     subjects: dict[str, tuple[int, int]] = {}  # name -> (port, pid whose CPU is counted)
     started: list[Child] = []
     env = ctx.env
-    for name in ("direct", "fedproxy", "nginx", "haproxy"):
+    table.notes.append(
+        "python floor: the least an asyncio proxy on uvloop does per request (benchmarks/floor_proxy.py: no "
+        "routing, balancing, rewriting or metrics), the ceiling of any Python data path on this machine"
+    )
+    for name in ("direct", "fedproxy", "python floor", "nginx", "haproxy"):
         table.subject(name)
     if env.backend is not None:
         subjects["direct"] = (env.ports.backend, env.backend.pid)
@@ -158,6 +174,13 @@ async def run(ctx: Context) -> Table:
             subjects["nginx"] = (port, nginx.pid)
         else:
             table.fail("nginx", "ka_rps", why)
+        floor, port, why = start_floor(ctx)
+        if floor:
+            started.append(floor)
+            subjects["python floor"] = (port, floor.pid)
+            table.fail("python floor", "close_rps", "not measured: the floor is a keep-alive reference")
+        else:
+            table.fail("python floor", "ka_rps", why)
         haproxy, hports, why = start_haproxy(ctx)
         if haproxy:
             started.append(haproxy)
@@ -172,6 +195,8 @@ async def run(ctx: Context) -> Table:
         for r in range(ctx.rounds):
             for name, (port, pid) in subjects.items():
                 for mode, label in MODES.items():
+                    if name == "python floor" and mode == "close":
+                        continue  # a keep-alive reference (its Connection: close handling is not the point)
                     ctx.progress("http", r, f"{name} {label}")
                     await _measure(ctx, table, wrk or "", name, port, pid, mode)
     finally:

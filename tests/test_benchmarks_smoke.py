@@ -103,3 +103,51 @@ def test_tls_scenario_pieces(tmp_path: Path) -> None:
     assert https.tls is not None and https.tls.certificates[0].cert_file == str(cert)
     assert grpc.h2c and grpc.routes[0].upstream_protocol == "h2c"
     assert f"bind 127.0.0.1:8443 ssl crt {pem}" in haproxy_conf(8443, 8080, 1, 2, pem)
+
+
+class _KeepAliveAnswer(asyncio.Protocol):
+    """A keep-alive backend: one Content-Length response per request head, saying which request it was."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+            body = head.split(b" ")[1]
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))  # type: ignore[attr-defined]
+
+
+async def test_floor_proxy_forwards_keep_alive_requests() -> None:
+    """The http scenario's Python floor is a working (minimal) proxy: answers come back in order on one connection."""
+    import sys
+
+    from tests.loopback import free_port, until
+
+    loop = asyncio.get_running_loop()
+    backend = await loop.create_server(_KeepAliveAnswer, "127.0.0.1", 0)
+    port = free_port()
+    script = Path(__file__).parent.parent / "benchmarks" / "floor_proxy.py"
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), str(port),
+                                                str(backend.sockets[0].getsockname()[1]))  # fmt: skip
+    try:
+
+        async def listening() -> bool:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return True
+
+        await until(listening, deadline=10)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for path in (b"/a", b"/bb", b"/ccc"):
+            writer.write(b"GET %b HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert await reader.readexactly(len(path)) == path
+        writer.close()
+    finally:
+        proc.terminate()
+        await proc.wait()
+        backend.close()

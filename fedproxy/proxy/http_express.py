@@ -265,12 +265,13 @@ class Express:
         server.upstreams.release(up, server.upstream_idle)
         pool.finished(ep)
         pool.breaker.release("requests")
-        server.count(status)
-        http_log.count_request(server.name, route.service_name, ep.cluster, status)
-        if server.log_on:
+        if server.log_on:  # access() counts the response too
             req = self.request()
             req.bytes_out = len(data) - end - 4
             http_forward.access(server, client, req, route, ep, 0)
+        else:
+            server.count(status)
+            http_log.count_request(server.name, route.service_name, ep.cluster, status)
         client.finish(self, True)  # type: ignore[arg-type]
         return True
 

@@ -9,6 +9,7 @@ counters must come back to zero whichever path served a request.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 import struct
@@ -246,4 +247,23 @@ async def test_client_gone_mid_request_leaves_nothing_behind(http_proxy, http_wo
     reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
     assert (await get(writer, reader, "/plain"))[2] == b"plain"
     writer.close()
+    await pod.stop()
+
+
+async def test_each_response_counted_and_logged_once(http_proxy, http_world, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="fedproxy.access")  # before the proxy is built: it decides per config
+    pod = await RawPod(b"a").start()
+    lst, cfg = make_config()
+    px = await http_proxy(lst, cfg, http_world.state(cfg, {"east": [("127.0.0.1", pod.port)]}))
+    assert px.server.log_on
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    try:
+        for path in ("/plain", "/plain", "/split", "/503", "/plain"):
+            await get(writer, reader, path)
+    finally:
+        writer.close()
+    assert px.server.stats()["responses"] == {"2xx": 4, "5xx": 1}
+    lines = [r.getMessage() for r in caplog.records if r.name == "fedproxy.access"]
+    assert len(lines) == 5 and sum("status=200" in line for line in lines) == 4, lines
+    assert all("request_id=" in line and "bytes_out=" in line for line in lines)
     await pod.stop()

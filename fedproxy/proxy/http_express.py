@@ -116,7 +116,7 @@ def serve(client: HttpProxyProtocol, data: bytes) -> bool:
         return False
     try:
         parser.feed_data(data)
-    except httptools.HttpParserError:  # malformed, or CONNECT (an upgrade to llhttp): the full parser answers
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # malformed, or CONNECT: the full parser answers
         client.lean = None
         return False
     target = data[sp + 1 : le - 9]

@@ -216,6 +216,11 @@ async def test_retry_pin_and_bad_requests_still_apply(http_proxy, http_world) ->
         assert status == 503 and len([h for h in east.heads + west.heads if b"/503" in h]) == 2
         status, headers, _ = await get(writer, reader, "/plain", "X-Fedproxy-Cluster: west\r\n")
         assert status == 200 and headers["x-pod"] == "west"
+        writer.write(b"CONNECT app:443 HTTP/1.1\r\nHost: app:443\r\n\r\n")  # not a tunnel we open
+        status, _, _ = await read_response(reader)
+        assert status >= 400, status
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
         writer.write(b"GET /plain HTTP/1.1\r\nHost: app\r\nBad Header: x\r\n\r\n")
         assert (await reader.read()).startswith(b"HTTP/1.1 400 ")  # and the connection is closed
     finally:

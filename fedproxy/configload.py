@@ -27,7 +27,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from .config import Config, ExportConfig, HashConfig
-from .configcheck import FIELD_CHECKS, check_config, quote, suggest
+from .configcheck import FIELD_CHECKS, quote, suggest
+from .configrules import check_config
 from .errors import ConfigError
 from .model import ServiceKey
 from .tls.certs import check_tls

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if args.command == "check-config":
-        from .configload import check_config_main
+        from .configview import check_config_main
 
         return check_config_main(args.file)
     if args.command == "run":

@@ -1,9 +1,9 @@
 """Checks of one settings value at a time, and how values read in messages: pure, no I/O.
 
 Theory of operation: ``FIELD_CHECKS`` maps (dataclass, field) to a check of one converted value (ranges, formats)
-that returns a message rather than raising; the loader's walker (:mod:`fedproxy.configload`) runs it as it builds
-each object, so the message carries the exact key path and every problem of a file is reported at once. ``quote``
-and ``suggest`` shape values and "did you mean" hints for every config message (walker, cross-field rules, diffs).
+that returns a message rather than raising; :mod:`fedproxy.configwalk` runs it as it builds each object, so the
+message carries the exact key path and every problem of a file is reported at once. ``quote`` and ``suggest``
+shape values and "did you mean" hints for every config message (walker, cross-field rules, diffs).
 Rules across fields and sections are :mod:`fedproxy.configrules`.
 """
 

@@ -1,7 +1,7 @@
 """Cross-field checks of the settings tree: rules that span fields and sections. Pure, no I/O.
 
-Theory of operation: :func:`check_config` runs once on the whole tree after the loader's walker built it (a bad
-value already replaced by its default, so every rule can run) and returns one message per problem with its key
+Theory of operation: :func:`check_config` runs once on the whole tree after :mod:`fedproxy.configwalk` built it (a
+bad value already replaced by its default, so every rule can run) and returns one message per problem with its key
 path rather than raising, so that :mod:`fedproxy.configload` reports every problem of a file at once. The rules:
 unique cluster and listener names, one local cluster, how each member is reached (kubeconfig or in_cluster unless
 karmada discovers members), sockets that would collide, references to clusters (route weights, the member holding

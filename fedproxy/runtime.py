@@ -21,7 +21,8 @@ from .balancing import HealthView, Overrides, ServingState, build_state
 from .balancing.health import Arrivals, OutlierDetector
 from .catalog import Catalog, CatalogMemo, build_catalog
 from .config import Config
-from .configload import diff, load_config, parse_config
+from .configload import load_config, parse_config
+from .configview import diff
 from .discovery import Discovery
 from .dns.server import DnsServer
 from .errors import ConfigError

@@ -11,16 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedproxy.config import Config, ExportConfig, HashConfig
-from fedproxy.configload import (
-    check_config_main,
-    config_hash,
-    diff,
-    load_config,
-    mask_secrets,
-    parse_config,
-    summarize,
-    validate,
-)
+from fedproxy.configload import load_config, parse_config, validate
+from fedproxy.configview import check_config_main, config_hash, diff, mask_secrets, summarize
 from fedproxy.errors import ConfigError
 from fedproxy.model import ServiceKey
 

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from ..balancing import Overrides, Pool
 from ..balancing.metrics import PoolCollector
-from ..configload import config_hash, mask_secrets
+from ..configview import config_hash, mask_secrets
 from ..model import ServiceKey
 from .metrics import CONTENT_TYPE, RuntimeCollector, discovery_statuses, render
 from .overrides import Change, OverridesStore, make_store

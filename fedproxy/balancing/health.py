@@ -8,7 +8,8 @@
   The detector is global (one per process: HTTP, TCP and DNS share one view of health) and does not know pools,
   so ``max_ejection_percent`` is applied by each pool when it is built: of its endpoints ejected by the detector
   (``HealthView.ejected``), only the ``max(1, floor(pct x n / 100))`` ejected earliest count as down there; the
-  others keep serving in that pool. ``failure()`` therefore reports the detector's decision, not a pool's.
+  others keep serving in that pool (:func:`capped_unhealthy`). ``failure()`` therefore reports the detector's
+  decision, not a pool's.
 - ``ActiveHealth`` (HAProxy checks): ``rise`` successes in a row bring a down endpoint up, ``fall`` failures
   take an up one down; endpoints start up (HAProxy's default).
 - ``Arrivals``: since when each endpoint is in service, for slow start. The first observation is the baseline
@@ -21,8 +22,9 @@ detector with their ejection time (for the per-pool cap); ``since`` the start of
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -50,6 +52,19 @@ class HealthView:
             MappingProxyType({**self.ejected, **other.ejected}),
             MappingProxyType(since),
         )
+
+
+def capped_unhealthy(endpoints: Sequence[Endpoint], health: HealthView, max_percent: float) -> frozenset[Endpoint]:
+    """Down endpoints of one pool, with outlier ejections beyond ``max_percent`` of it readmitted here."""
+    if not health.unhealthy:
+        return frozenset()
+    down = {ep for ep in endpoints if ep in health.unhealthy}
+    ejected = [ep for ep in down if ep in health.ejected]
+    allowed = max(1, math.floor(max_percent * len(endpoints) / 100.0))
+    if len(ejected) > allowed:
+        ejected.sort(key=lambda ep: (health.ejected[ep], str(ep)))
+        down.difference_update(ejected[allowed:])
+    return frozenset(down)
 
 
 @dataclass(slots=True)

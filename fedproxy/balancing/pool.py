@@ -7,6 +7,9 @@ chooses an endpoint. A pool is built from immutable inputs (catalog, config, hea
 is replaced, never edited, when any of them change; only picker state lives inside it, and the active-request
 counts and circuit breaker are handed from a pool to the one rebuilt after it (``previous``).
 
+Building takes two steps: membership (:mod:`.members`: which members, endpoints, weights and tiers, from the
+catalog and the overrides alone), then the weighing here, from health and time.
+
 Effective weights inside a tier (BALANCING.md). For member c with weight W_c (config, replaced by a non-zero
 admin override), n_c endpoints of which h_c healthy, and degradation d_c = min(1, overprovisioning x h_c / n_c):
 - default: every healthy endpoint weighs ``W_c x d_c``, so a member's share is ``W_c x h_c x d_c`` (each pod a
@@ -16,17 +19,15 @@ admin override), n_c endpoints of which h_c healthy, and degradation d_c = min(1
   nothing. Admin weight overrides do not change route percentages; an admin weight of 0 or a drain removes a
   member everywhere.
 - a panicking tier weighs every endpoint as if healthy (d = 1, h = n).
-- slow start (``balancing.slow_start`` = window s, 0 = off): an endpoint in ``HealthView.since`` less than a
-  window ago weighs ``w x (0.1 + 0.9 x elapsed / window)`` (Envoy slow start, aggression 1.0, min 10 %). The
-  ramp is fixed at build time; ``Pool.refresh_at`` says when the runtime should rebuild to move it on.
+- slow start (:mod:`.ramps`): an endpoint in ``HealthView.since`` less than a window ago weighs a ramped share.
+  The ramp is fixed at build time; ``Pool.refresh_at`` says when the runtime should rebuild to move it on.
 - consistent-hash tables use the weights without health or slow start, so keys only move when endpoints do.
 
-Tier ramp (``balancing.tier_ramp`` s, beyond Envoy): when health moves the priority loads, the pool rebuilt with
-``previous`` keeps the old split and moves to the new one linearly over the window (failover and fail-back);
-``target`` holds the split health asks for, ``ramp_from``/``ramp_since`` the move in progress. A tier with no
-healthy endpoint drops out at once; tiers appearing or leaving jump (:func:`.tiers.ramp_loads`).
+Tier ramp (:mod:`.ramps`): when health moves the priority loads, the pool rebuilt with ``previous`` keeps the
+old split and moves to the new one over a window; ``target`` holds the split health asks for,
+``ramp_from``/``ramp_since`` the move in progress.
 ``local_min_healthy`` gives the local tier its own overprovisioning factor, ``100 / local_min_healthy``.
-Per-service overrides (``balancing.services``) are applied first (:func:`service_settings`).
+Per-service overrides (``balancing.services``) are applied first (:func:`.members.service_settings`).
 
 The tier for a pick comes from a roll against the cumulative loads: a seeded random roll, or for hash pools
 the key itself (so a key keeps its tier as well as its endpoint). When the rolled tier has nothing left (all
@@ -35,48 +36,35 @@ excluded), the following tiers are tried in order, then the preceding ones (retr
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from ..backends import cluster_backends
 from ..catalog import Catalog
-from ..config import Algorithm, BalancingConfig, HashConfig
-from ..model import BackendChoice, Endpoint, ServiceKey, empty_map
-from .health import HealthView
+from ..config import BalancingConfig
+from ..model import Endpoint, empty_map
+from .health import HealthView, capped_unhealthy
 from .limits import CircuitBreaker, Limits
+from .members import NO_OVERRIDES, Member, Overrides, PoolSpec, pool_members, service_settings
 from .pickers import PICKERS, Load, Picker, PickerOptions
-from .tiers import priority_loads, ramp_loads, tier_health, tier_of
+from .ramps import SLOW_START_MIN, SLOW_START_STEPS, slow_start_ratio, slow_start_step, tier_ramp
+from .tiers import priority_loads, tier_health
 
-__all__ = ["NO_HEALTH", "NO_OVERRIDES", "HealthView", "Overrides", "Pool", "PoolSpec", "Tier", "build_pool"]
-
-SLOW_START_MIN = 0.1  # Envoy's min_weight_percent default (10 %)
-SLOW_START_STEPS = 10  # rebuilds per slow-start window
-
-
-@dataclass(frozen=True, slots=True)
-class PoolSpec:
-    """What a route, TCP listener or DNS view asks for; pools are keyed by it."""
-
-    service: ServiceKey
-    port: str | int | None = None
-    backend: BackendChoice = "auto"
-    cluster_weights: tuple[tuple[str, int], ...] = ()  # per-route overrides, sorted by cluster
-    algorithm: Algorithm = "round_robin"
-    hash: HashConfig | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Overrides:
-    """Runtime traffic control from the admin API: drained members and weight overrides."""
-
-    drained: frozenset[str] = frozenset()
-    weights: Mapping[str, int] = field(default_factory=empty_map)
-
+__all__ = [
+    "NO_HEALTH",
+    "NO_OVERRIDES",
+    "SLOW_START_MIN",
+    "SLOW_START_STEPS",
+    "HealthView",
+    "Overrides",
+    "Pool",
+    "PoolSpec",
+    "Tier",
+    "build_pool",
+    "service_settings",
+]
 
 NO_HEALTH = HealthView()
-NO_OVERRIDES = Overrides()
 
 
 @dataclass(slots=True)
@@ -194,50 +182,6 @@ class Pool:
         self.load.finished(ep)
 
 
-def _capped_unhealthy(endpoints: list[Endpoint], health: HealthView, max_percent: float) -> frozenset[Endpoint]:
-    """Down endpoints of one pool, with outlier ejections beyond ``max_percent`` of it readmitted here."""
-    if not health.unhealthy:
-        return frozenset()
-    down = {ep for ep in endpoints if ep in health.unhealthy}
-    ejected = [ep for ep in down if ep in health.ejected]
-    allowed = max(1, math.floor(max_percent * len(endpoints) / 100.0))
-    if len(ejected) > allowed:
-        ejected.sort(key=lambda ep: (health.ejected[ep], str(ep)))
-        down.difference_update(ejected[allowed:])
-    return frozenset(down)
-
-
-def _ramp(ep: Endpoint, health: HealthView, window: float, now: float) -> float:
-    since = health.since.get(ep)
-    if window <= 0 or since is None or now - since >= window:
-        return 1.0
-    return SLOW_START_MIN + (1.0 - SLOW_START_MIN) * max(0.0, now - since) / window
-
-
-def service_settings(settings: BalancingConfig, service: ServiceKey) -> BalancingConfig:
-    """``settings`` with the per-service overrides of ``balancing.services[service]`` applied."""
-    own = settings.services.get(service)
-    if own is None:
-        return settings
-    changes = {
-        name: getattr(own, name)
-        for name in ("panic_threshold", "fail_on_panic", "local_min_healthy", "tier_ramp", "algorithm")
-        if getattr(own, name) is not None
-    }
-    return replace(settings, **changes) if changes else settings
-
-
-def _loads_now(pool: Pool, now: float, window: float) -> dict[int, float]:
-    """The tier loads ``pool`` applies at ``now`` (its ramp moved on to ``now``), by rank."""
-    if pool.ramp_since is None:
-        return {t.rank: float(t.load) for t in pool.tiers}
-    old = dict(pool.ramp_from)
-    ranks = [r for r, _ in pool.target]
-    live = [t.healthy_count > 0 for t in pool.tiers]
-    mid = ramp_loads([old.get(r, 0.0) for r in ranks], [n for _, n in pool.target], pool.ramp_since, now, window, live)
-    return dict(zip(ranks, map(float, mid), strict=True))
-
-
 def build_pool(
     spec: PoolSpec,
     catalog: Catalog,
@@ -263,37 +207,13 @@ def build_pool(
     if svc is None:
         reason = f"service {spec.service} is not exported by any member"
         return Pool(spec, (), reason=reason, rng=rng, load=load, breaker=breaker)
-    local = catalog.clusters.get(catalog.local)
-    route_weights = dict(spec.cluster_weights)
-    reasons: dict[str, str] = dict(svc.excluded)
-    members: list[tuple[int, str, float, tuple[Endpoint, ...], float]] = []  # rank, name, weight, eps, capacity
-    for name, side in sorted(svc.clusters.items()):
-        info = catalog.clusters.get(name)
-        if info is None or not info.connected:
-            reasons[name] = "member disconnected"
-            continue
-        if name in overrides.drained:
-            reasons[name] = "member drained"
-            continue
-        override = overrides.weights.get(name)
-        if route_weights:
-            weight = route_weights.get(name, 0)
-        else:
-            weight = info.weight if override is None else override
-        if override == 0 or weight <= 0:
-            reasons[name] = "weight 0"
-            continue
-        backends = cluster_backends(side, info, spec.port, spec.backend)
-        if not backends.endpoints:
-            reasons[name] = backends.reason
-            continue
-        capacity = -1.0 if info.capacity is None else float(info.capacity)
-        members.append((tier_of(local, info, settings.locality), name, float(weight), backends.endpoints, capacity))
-    all_eps = [ep for m in members for ep in m[3]]
-    down = _capped_unhealthy(all_eps, health, settings.outlier.max_ejection_percent)
-    by_rank: dict[int, list[tuple[str, float, tuple[Endpoint, ...], float]]] = {}
-    for rank, name, member_weight, eps, capacity in members:
-        by_rank.setdefault(rank, []).append((name, member_weight, eps, capacity))
+    route_weights = bool(spec.cluster_weights)
+    members, reasons = pool_members(spec, catalog, svc, settings, overrides)
+    all_eps = [ep for m in members for ep in m.endpoints]
+    down = capped_unhealthy(all_eps, health, settings.outlier.max_ejection_percent)
+    by_rank: dict[int, list[Member]] = {}
+    for m in members:
+        by_rank.setdefault(m.rank, []).append(m)
     op = settings.overprovisioning
     window = settings.slow_start
     ramp_ends: list[float] = []
@@ -303,11 +223,11 @@ def build_pool(
         eps_t: list[Endpoint] = []
         healthy_t: list[bool] = []
         cap_t = 0.0
-        for _name, _weight, eps, capacity in by_rank[rank]:
-            up = [ep not in down for ep in eps] if down else [True] * len(eps)
-            eps_t.extend(eps)
+        for m in by_rank[rank]:
+            up = [ep not in down for ep in m.endpoints] if down else [True] * len(m.endpoints)
+            eps_t.extend(m.endpoints)
             healthy_t.extend(up)
-            cap_t += capacity if capacity >= 0 else sum(up)
+            cap_t += m.capacity if m.capacity >= 0 else sum(up)
         tiers.append(
             Tier(
                 rank,
@@ -315,7 +235,7 @@ def build_pool(
                 (),
                 tuple(healthy_t),
                 capacity=cap_t,
-                clusters=frozenset(n for n, *_ in by_rank[rank]),
+                clusters=frozenset(m.name for m in by_rank[rank]),
             )
         )
         tier_members.append(by_rank[rank])
@@ -330,25 +250,9 @@ def build_pool(
         [t.capacity for t in tiers],
     )
     target = tuple((t.rank, n) for t, n in zip(tiers, loads, strict=True))
-    ramp_from: tuple[tuple[int, float], ...] = ()
-    ramp_since: float | None = None
-    tier_window = settings.tier_ramp
-    if tier_window > 0 and previous is not None and previous.tiers:
-        if previous.target == target and previous.ramp_since is not None:
-            ramp_from, ramp_since = previous.ramp_from, previous.ramp_since  # the same move, further on
-        elif previous.target != target and [r for r, _ in previous.target] == [r for r, _ in target]:
-            # Health moved the split: ramp from what applies now. Tiers appearing or going (members joining,
-            # leaving, first sync) jump: only a health change of the same tiers ramps.
-            ramp_from, ramp_since = tuple(_loads_now(previous, now, tier_window).items()), now
-        if ramp_since is not None:
-            old = dict(ramp_from)
-            live = [t.healthy_count > 0 for t in tiers]
-            ramped = ramp_loads([old.get(t.rank, 0.0) for t in tiers], loads, ramp_since, now, tier_window, live)
-            if ramped == loads:
-                ramp_from, ramp_since = (), None
-            else:
-                loads = ramped
-                ramp_ends.append(min(ramp_since + tier_window, now + tier_window / SLOW_START_STEPS))
+    loads, ramp_from, ramp_since, tier_step = tier_ramp(tiers, target, loads, previous, now, settings.tier_ramp)
+    if tier_step is not None:
+        ramp_ends.append(tier_step)
     options = PickerOptions(
         hash_algorithm=settings.hash_algorithm,
         table_size=settings.maglev_table_size,
@@ -364,8 +268,9 @@ def build_pool(
         table_weights: list[float] = []
         eligible: list[bool] = []
         k = 0
-        for name, tier_weight, eps, _cap in group:
-            cluster_tier[name] = ti
+        for m in group:
+            cluster_tier[m.name] = ti
+            tier_weight, eps = m.weight, m.endpoints
             n = len(eps)
             h = sum(t.healthy[k : k + n])
             if panic:
@@ -377,9 +282,9 @@ def build_pool(
             ramping = window > 0 and bool(health.since)  # else every ramp is 1: skip the per-endpoint lookups
             for j, ep in enumerate(eps):
                 ok = panic or t.healthy[k + j]
-                ramp = _ramp(ep, health, window, now) if ramping else 1.0
+                ramp = slow_start_ratio(ep, health, window, now) if ramping else 1.0
                 if ramp < 1.0:
-                    ramp_ends.append(min(health.since[ep] + window, now + window / SLOW_START_STEPS))
+                    ramp_ends.append(slow_start_step(health.since[ep], now, window))
                     ramps[ep] = ramp
                 weights.append(per_ep * ramp if ok else 0.0)
                 table_weights.append(base)

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from ..catalog import Catalog, ClusterInfo
+from ..catalog import Catalog
 from ..config import Algorithm, Config, HashConfig, HttpRoute, TcpListener
 from ..model import ServiceKey, empty_map
-from .pool import NO_HEALTH, NO_OVERRIDES, HealthView, Overrides, Pool, PoolSpec, build_pool
+from .health import HealthView
+from .members import NO_OVERRIDES, Overrides, PoolSpec, changed_members, pool_inputs
+from .pool import NO_HEALTH, Pool, build_pool
 
 
 def _algorithm(config: Config, service: ServiceKey) -> Algorithm:
@@ -78,26 +80,6 @@ class ServingState:
         return pool
 
 
-def _pool_inputs(info: ClusterInfo) -> tuple:
-    """What a pool reads of a member's ClusterInfo (not its error or last event, which change all the time)."""
-    return (info.locality, info.connected, info.local, info.weight, info.pods_reachable, info.capacity)
-
-
-def _changed_members(old: Catalog, new: Catalog, old_ov: Overrides, new_ov: Overrides) -> set[str]:
-    changed = {n for n in old.clusters.keys() ^ new.clusters.keys()}
-    changed.update(
-        n
-        for n, info in new.clusters.items()
-        if n in old.clusters and _pool_inputs(old.clusters[n]) != _pool_inputs(info)
-    )
-    if old_ov != new_ov:
-        changed |= old_ov.drained ^ new_ov.drained
-        changed.update(
-            n for n in old_ov.weights.keys() | new_ov.weights.keys() if old_ov.weights.get(n) != new_ov.weights.get(n)
-        )
-    return changed
-
-
 def _changed_addresses(old: HealthView, new: HealthView) -> frozenset[str]:
     """Addresses of the endpoints whose health (down, ejected at, in service since) differs between the views."""
     if old is new:
@@ -124,7 +106,7 @@ class _Reuse:
     def __init__(self, previous: ServingState, catalog: Catalog, health: HealthView, overrides: Overrides) -> None:
         self.old_services = previous.catalog.services
         self.new_services = catalog.services
-        self.members = _changed_members(previous.catalog, catalog, previous.overrides, overrides)
+        self.members = changed_members(previous.catalog, catalog, previous.overrides, overrides)
         self.addresses = _changed_addresses(previous.health, health)
 
     @staticmethod
@@ -140,7 +122,7 @@ class _Reuse:
         old_local, new_local = old_cat.clusters.get(old_cat.local), catalog.clusters.get(catalog.local)
         if old_local is None or new_local is None:
             return old_local is new_local
-        return _pool_inputs(old_local) == _pool_inputs(new_local)
+        return pool_inputs(old_local) == pool_inputs(new_local)
 
     def keeps(self, pool: Pool) -> bool:
         if pool.refresh_at is not None:

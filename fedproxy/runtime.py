@@ -13,12 +13,13 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from .aio import TaskOwner
 from .balancing import HealthView, Overrides, ServingState, build_state
-from .balancing.health import Arrivals, OutlierDetector
+from .balancing.health import OutlierDetector
+from .balancing.inservice import InService
 from .catalog import Catalog, CatalogMemo, build_catalog
 from .config import Config
 from .configload import load_config, parse_config
@@ -41,6 +42,18 @@ class ReloadResult:
     ok: bool
     changes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RebuildStats:
+    """What rebuilds of the serving state cost, for the admin state (``rebuilds`` in /api/v1/state)."""
+
+    rebuilds: int = 0  # serving states built and swapped in by ``_rebuild``
+    state_builds: int = 0  # build_state calls made by those rebuilds: one each
+    arrivals_examined: int = 0  # endpoints slow start looked at (only those whose pools or health changed)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 def _listener_key(kind: str, lst: Any) -> tuple[str, str, int]:
@@ -80,7 +93,8 @@ class Runtime:
         self.overrides = Overrides()
         self.detector = OutlierDetector(config.balancing.outlier)
         self.health = HealthView()
-        self.arrivals = Arrivals()  # slow start: since when each endpoint is in service
+        self.in_service = InService()  # slow start: since when each endpoint is in service
+        self.rebuild_stats = RebuildStats()
         self.prober = Prober(self._rebuild)
         self._version = 0
         self._catalog_memo = CatalogMemo()  # rebuilds cost what changed (issue 9)
@@ -118,18 +132,17 @@ class Runtime:
             catalog = build_catalog(self.snapshots.values(), self.config, self._version, self._catalog_memo)
         now = self.clock()
         health = self.detector.view(now).union(self.prober.health.view()).union(self.remote_health)
-        state = build_state(self.config, catalog, health, self.overrides, now, self._version, previous=self.state)
         window = self.config.balancing.slow_start
         if window > 0:
-            # Slow start needs to know what is newly in service, which only the pools built just now tell.
-            self.arrivals.observe(
-                (ep for p in state.pools.values() for ep in p.endpoints if ep not in health.unhealthy), now, window
-            )
-            if self.arrivals.view().since:
-                health = health.union(self.arrivals.view())
-                state = build_state(
-                    self.config, catalog, health, self.overrides, now, self._version, previous=self.state
-                )
+            # Slow start: what is newly in service follows from pool membership, known before the state is built
+            # (only what changed since the last rebuild is looked at).
+            arrivals = self.in_service.observe(self.config, catalog, self.overrides, health.unhealthy, now, window)
+            self.rebuild_stats.arrivals_examined += self.in_service.examined
+            if arrivals.since:
+                health = health.union(arrivals)
+        state = build_state(self.config, catalog, health, self.overrides, now, self._version, previous=self.state)
+        self.rebuild_stats.state_builds += 1
+        self.rebuild_stats.rebuilds += 1
         self.health = health
         self.state = state
         if self.dns is not None:

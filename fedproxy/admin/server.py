@@ -193,7 +193,7 @@ class AdminServer:
             config_hash=self.config_hash(),
             ready=rt.ready(),
             reloads={"ok": rt.reloads_ok, "failed": rt.reloads_failed, "last_error": list(rt.last_reload_error)},
-        ) | {"tls_secrets": tls_secrets}
+        ) | {"tls_secrets": tls_secrets, "rebuilds": rt.rebuild_stats.as_dict()}
 
     async def state(self, request: web.Request) -> web.Response:
         return _json(self.state_document())

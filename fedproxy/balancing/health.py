@@ -14,6 +14,7 @@
   take an up one down; endpoints start up (HAProxy's default).
 - ``Arrivals``: since when each endpoint is in service, for slow start. The first observation is the baseline
   (nothing ramps at startup); endpoints seen later, or seen again after leaving, ramp from then.
+  :class:`.inservice.InService` feeds it what entered and left service, from pool membership and health.
 
 ``HealthView`` is the one value the serving state is built from: ``unhealthy`` holds every endpoint that is down
 for any reason (consumers that only need up/down read it alone); ``ejected`` the subset ejected by the outlier
@@ -195,20 +196,35 @@ class ActiveHealth:
 
 
 class Arrivals:
-    """Since when each endpoint is in service, for slow start (see the module docstring)."""
+    """Since when each endpoint is in service, for slow start (see the module docstring).
+
+    Fed either the whole in-service set each time (:meth:`observe`) or what changed (:meth:`update`, as
+    :class:`.inservice.InService` does); one instance takes one of the two.
+    """
 
     def __init__(self) -> None:
-        self._known: set[Endpoint] | None = None
+        self._known: set[Endpoint] | None = None  # observe(): the set last observed
+        self._started = False  # the first update is the baseline
         self._since: dict[Endpoint, float] = {}
 
     def observe(self, endpoints: Iterable[Endpoint], now: float, window: float) -> None:
         """The endpoints in service now; new ones start ramping, ramps older than ``window`` are dropped."""
         current = set(endpoints)
-        if self._known is not None:
-            for ep in current - self._known:
-                self._since[ep] = now
+        known = self._known if self._known is not None else set()
         self._known = current
-        for ep in [e for e, t in self._since.items() if e not in current or now - t >= window]:
+        self.update(current - known, known - current, now, window)
+
+    def update(self, entered: Iterable[Endpoint], left: Iterable[Endpoint], now: float, window: float) -> None:
+        """What came into service and what went out of it since the last call (the first call is the baseline:
+        nothing ramps); ramps older than ``window`` are dropped. Costs the changes plus the ramps in progress.
+        """
+        if self._started:
+            for ep in entered:
+                self._since[ep] = now
+        self._started = True
+        for ep in left:
+            self._since.pop(ep, None)
+        for ep in [e for e, t in self._since.items() if now - t >= window]:
             del self._since[ep]
 
     def view(self) -> HealthView:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,17 +9,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from fedproxy.admin.server import AdminServer
-from fedproxy.configload import parse_config
-from fedproxy.runtime import Runtime
-from fedproxy.serve import Server
 from fedproxy.sim import objects
 from fedproxy.sim.apiserver import FakeApiServer
 from fedproxy.sim.backends import HttpEcho
-from fedproxy.sim.kubeconfig import write_kubeconfig
 from tests.loopback import free_port
+from tests.world import MEMBERS, Fedproxies, Fedproxy, clusters_yaml, emulated_members, eventually
 
-MEMBERS = ("east", "west")
+__all__ = ["World", "eventually", "free_port"]  # what the tests import from here
 
 
 def web_objects(port: int) -> list[dict]:
@@ -55,19 +49,9 @@ def config_yaml(
     ``ports``: (http, dns, admin).
     """
     http_port, dns_port, admin_port = ports
-    clusters = "".join(
-        f"""
-  - name: {name}
-    kubeconfig: {kubeconfig}
-    context: {name}
-    region: {"r1" if name == "east" else "r2"}
-    local: {"true" if name == local else "false"}
-    pods_reachable: true"""
-        for name in MEMBERS
-    )
     token_line = f"\n  token: {token}" if token else ""
     return f"""
-clusters:{clusters}
+clusters:{clusters_yaml(kubeconfig, local=local)}
 discovery:
   grace_period: 2
   backoff_base: 0.05
@@ -92,42 +76,13 @@ admin:
 """
 
 
-async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``check`` until it is true; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {check}")
-        await asyncio.sleep(0.05)
-
-
-@dataclass
-class Proxy:
-    runtime: Runtime
-    admin: AdminServer
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin.port}"
-
-    @property
-    def http_url(self) -> str:
-        (srv,) = self.runtime.http.values()
-        return f"http://127.0.0.1:{srv.port}"
-
-
 @dataclass
 class World:
     servers: dict[str, FakeApiServer]
     echoes: dict[str, HttpEcho]
     kubeconfig: Path
     session: aiohttp.ClientSession
-    start: Callable[..., Awaitable[Proxy]]
+    start: Callable[..., Awaitable[Fedproxy]]
     ports: tuple[int, int, int]
 
     def yaml(self, **kwargs: object) -> str:
@@ -138,39 +93,27 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    servers = {n: FakeApiServer(n, bookmark_interval=0.2) for n in MEMBERS}
     echoes = {n: HttpEcho("127.0.0.1", cluster=n, pod=f"{n}-pod") for n in MEMBERS}
-    proxies: list[Proxy] = []
-    for s in servers.values():
-        await s.start()
-    for e in echoes.values():
-        await e.start()
-    for n in MEMBERS:
-        servers[n].apply_all(web_objects(echoes[n].port))
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", list(servers.values()))
-
-    async def start(text: str, *, wait_ready: bool = True) -> Proxy:
-        path = tmp_path / f"fedproxy-{len(proxies)}.yaml"
-        path.write_text(text)
-        server = Server(parse_config(text, source=str(path)), config_path=str(path))
-        await server.startup()
-        runtime = server.runtime
-        proxy = Proxy(runtime, server.admin)
-        proxies.append(proxy)
-        if wait_ready:
-            await eventually(lambda: runtime.ready()[0] and len(runtime.get_state().catalog.services) > 0)
-            await eventually(lambda: all(s.synced for s in runtime.snapshots.values()) and len(runtime.snapshots) == 2)
-        return proxy
-
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession() as session, emulated_members(tmp_path) as members:
         try:
-            yield World(servers, echoes, kubeconfig, session, start, (free_port(), free_port(), free_port()))
+            for e in echoes.values():
+                await e.start()
+            for n in MEMBERS:
+                members.servers[n].apply_all(web_objects(echoes[n].port))
+            async with Fedproxies(tmp_path) as fedproxies:
+
+                async def start(text: str, *, wait_ready: bool = True) -> Fedproxy:
+                    server = await fedproxies.start(text)
+                    runtime = server.runtime
+                    if wait_ready:
+                        await eventually(lambda: runtime.ready()[0] and len(runtime.get_state().catalog.services) > 0)
+                        await eventually(
+                            lambda: all(s.synced for s in runtime.snapshots.values()) and len(runtime.snapshots) == 2
+                        )
+                    return Fedproxy(runtime, server.admin)
+
+                ports = (free_port(), free_port(), free_port())
+                yield World(members.servers, echoes, members.kubeconfig, session, start, ports)
         finally:
-            for p in proxies:
-                await p.admin.close()
-                if p.runtime.listening:
-                    await p.runtime.shutdown(0.5)
             for e in echoes.values():
                 await e.stop()
-            for s in servers.values():
-                await s.stop()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,16 +26,12 @@ import dns.rdatatype
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedproxy.admin.server import AdminServer
-from fedproxy.configload import parse_config
-from fedproxy.runtime import Runtime
-from fedproxy.serve import Server
 from fedproxy.sim import objects
 from fedproxy.sim.apiserver import FakeApiServer
 from fedproxy.sim.backends import HttpEcho, TcpEcho
-from fedproxy.sim.kubeconfig import write_kubeconfig
+from tests.world import MEMBERS, Fedproxies, Fedproxy, clusters_yaml, emulated_members
+from tests.world import eventually as _eventually
 
-MEMBERS = ("east", "west")
 POD_NET = {"east": "127.0.11", "west": "127.0.12"}
 CLUSTER_IP = {"east": "10.1.0.10", "west": "10.2.0.10"}
 DOMAIN = "clusterset.local"
@@ -171,17 +166,7 @@ def config_yaml(
 
     ``extra``: more top-level YAML appended as is (e.g. a ``balancing:`` section).
     """
-    clusters = "".join(
-        f"""
-  - name: {name}
-    kubeconfig: {kubeconfig}
-    context: {name}
-    region: {"r1" if name == "east" else "r2"}
-    local: {"true" if name == "east" else "false"}
-    weight: {west_weight if name == "west" else 1}
-    pods_reachable: true"""
-        for name in members
-    )
+    clusters = clusters_yaml(kubeconfig, members, weights={"west": west_weight})
     token_line = f"\n  token: {token}" if token else ""
     return f"""
 clusters:{clusters}
@@ -220,37 +205,17 @@ admin:
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``check`` (sync or async) until truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            result = check()
-            if asyncio.iscoroutine(result):
-                result = await result
-            last = result
-            if result:
-                return
-        except (OSError, aiohttp.ClientError, dns.exception.DNSException) as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {what or check} (last: {last!r})")
-        await asyncio.sleep(0.05)
+    """Poll ``check`` (sync or async) until truthy; connection and DNS errors count as "not yet" here, where
+    members and pods come and go."""
+    await _eventually(check, timeout, what, retry_on=(OSError, aiohttp.ClientError, dns.exception.DNSException))
 
 
 @dataclass
-class Proxy:
+class Proxy(Fedproxy):
     """A running fedproxy (runtime + admin) and ways to talk to it."""
 
-    runtime: Runtime
-    admin: AdminServer
     session: aiohttp.ClientSession
     token: str = ""
-
-    @property
-    def http_port(self) -> int:
-        (srv,) = self.runtime.http.values()
-        return srv.port
 
     @property
     def tcp_port(self) -> int:
@@ -261,14 +226,6 @@ class Proxy:
     def dns_port(self) -> int:
         assert self.runtime.dns is not None
         return self.runtime.dns.port
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin.port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
 
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -339,49 +296,33 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     """Two members with two pods each; ``world.start(yaml)`` runs fedproxy and waits until both are synced."""
     tasks_before = asyncio.all_tasks()
     hosts = [f"{POD_NET[m]}.{n}" for m in MEMBERS for n in range(1, 9)]
-    fleet = Fleet(
-        {n: Member(n, FakeApiServer(n, bookmark_interval=0.2)) for n in MEMBERS},
-        web_port=common_port(hosts),
-        tcp_port=common_port(hosts),
-    )
-    proxies: list[Proxy] = []
-    async with aiohttp.ClientSession() as session:
+    web_port, tcp_port = common_port(hosts), common_port(hosts)
+    async with aiohttp.ClientSession() as session, emulated_members(tmp_path) as emulated:
+        fleet = Fleet({n: Member(n, s) for n, s in emulated.servers.items()}, web_port=web_port, tcp_port=tcp_port)
         try:
             for m in fleet.members.values():
-                await m.server.start()
                 m.server.apply_all(fleet.base_objects(m.name))
                 for _ in range(2):
                     await fleet.add_pod(m.name)
-            kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", [m.server for m in fleet.members.values()])
+            async with Fedproxies(tmp_path) as fedproxies:
 
-            async def start(text: str, *, token: str = "", members: tuple[str, ...] = MEMBERS) -> Proxy:
-                path = tmp_path / f"fedproxy-{len(proxies)}.yaml"
-                path.write_text(text)
-                server = Server(parse_config(text, source=str(path)), config_path=str(path))
-                await server.startup()
-                runtime = server.runtime
-                proxy = Proxy(runtime, server.admin, session, token)
-                proxies.append(proxy)
-                await eventually(
-                    lambda: all(
-                        (s := runtime.snapshots.get(n)) is not None and s.synced and s.connected for n in members
-                    ),
-                    what="members synced",
-                )
-                await eventually(lambda: members and proxy.pool_clusters() >= set(members), what="pools filled")
-                return proxy
+                async def start(text: str, *, token: str = "", members: tuple[str, ...] = MEMBERS) -> Proxy:
+                    server = await fedproxies.start(text)
+                    runtime = server.runtime
+                    proxy = Proxy(runtime, server.admin, session, token)
+                    await eventually(
+                        lambda: all(
+                            (s := runtime.snapshots.get(n)) is not None and s.synced and s.connected for n in members
+                        ),
+                        what="members synced",
+                    )
+                    await eventually(lambda: members and proxy.pool_clusters() >= set(members), what="pools filled")
+                    return proxy
 
-            yield World(fleet, kubeconfig, session, tmp_path, start)
+                yield World(fleet, emulated.kubeconfig, session, tmp_path, start)
         finally:
-            for p in proxies:
-                await p.admin.close()
-                if p.runtime.listening:
-                    await p.runtime.shutdown(0.5)
             for pod in fleet.all_pods():
                 await pod.stop()
-            for m in fleet.members.values():
-                m.server.hang(False)
-                await m.server.stop()
     await asyncio.sleep(0.05)
     leaked = [t for t in asyncio.all_tasks() - tasks_before if not t.done() and t is not asyncio.current_task()]
     assert not leaked, f"tasks left running after the test: {leaked}"

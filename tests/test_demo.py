@@ -102,9 +102,14 @@ def test_demo_serves_every_listener_and_stops_on_sigint(demo: dict[str, object])
 
     body = _wait_for(local_answer)
     assert body["cluster"] == "east-1"
-    # Pinning a member by header reaches it (west-1 through its NodePorts).
-    status, pinned = _get(f"http://127.0.0.1:{http}/", {"x-fedproxy-cluster": "west-1"})
-    assert status == 200 and json.loads(pinned)["cluster"] == "west-1"
+
+    # Pinning a member by header reaches it (west-1 through its NodePorts). Readiness does not wait for every
+    # member's endpoints to pass their first check, so west-1 may answer 503 for a moment: wait for it.
+    def pinned_answer() -> dict[str, object] | None:
+        status, body = _get(f"http://127.0.0.1:{http}/", {"x-fedproxy-cluster": "west-1"})
+        return json.loads(body) if status == 200 else None
+
+    assert _wait_for(pinned_answer)["cluster"] == "west-1"
 
     # HTTPS: the demo's generated CA verifies the front door's certificate for "localhost".
     ctx = ssl.create_default_context(cafile=str(Path(str(demo["dir"])) / "demo-ca.pem"))

@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--http-port", type=int, default=8080)
     demo.add_argument("--https-port", type=int, default=8443, help="TLS front door (0 = none)")
     demo.add_argument("--tcp-port", type=int, default=7000)
+    demo.add_argument("--grpc-port", type=int, default=50051, help="h2c front door for gRPC (0 = none)")
     demo.add_argument("--dns-port", type=int, default=5353)
     demo.add_argument("--admin-port", type=int, default=9901)
     demo.add_argument("--duration", type=float, default=0.0, help="s to run, 0 = until Ctrl-C")

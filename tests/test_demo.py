@@ -20,6 +20,7 @@ from pathlib import Path
 import dns.message
 import dns.query
 import dns.rcode
+import grpc
 import pytest
 
 from tests.loopback import free_ports
@@ -51,7 +52,7 @@ def _wait_ready(admin: int, proc: subprocess.Popen[bytes], deadline: float = 30.
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[dict[str, object]]:
-    http, tcp, dns_port, admin, https = free_ports(5)
+    http, tcp, dns_port, admin, https, grpc_port = free_ports(6)
     # A port offset unlike the default demo's, so a demo the developer runs does not collide.
     offset = 20000 + (os.getpid() % 50) * 10
     exe = Path(sys.executable).with_name("fedproxy")
@@ -63,13 +64,23 @@ def demo(tmp_path: Path) -> Iterator[dict[str, object]]:
         f"--dns-port={dns_port}",
         f"--admin-port={admin}",
         f"--https-port={https}",
+        f"--grpc-port={grpc_port}",
         f"--port-offset={offset}",
         f"--workdir={tmp_path}",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         _wait_ready(admin, proc)
-        yield {"proc": proc, "http": http, "tcp": tcp, "dns": dns_port, "admin": admin, "https": https, "dir": tmp_path}
+        yield {
+            "proc": proc,
+            "http": http,
+            "tcp": tcp,
+            "dns": dns_port,
+            "admin": admin,
+            "https": https,
+            "grpc": grpc_port,
+            "dir": tmp_path,
+        }
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -88,6 +99,23 @@ def _wait_for(predicate, deadline: float = 10.0):  # type: ignore[no-untyped-def
             last = exc
         time.sleep(0.2)
     raise AssertionError(f"condition not met: {last!r}")
+
+
+def _check_grpc(demo: dict[str, object]) -> None:
+    health = "/grpc.health.v1.Health/Check"
+    with grpc.insecure_channel(f"127.0.0.1:{demo['grpc']}") as channel:
+        reply, call = channel.unary_unary(health).with_call(b"", timeout=5)
+        assert reply == b"\x08\x01"  # HealthCheckResponse{status: SERVING}
+        assert dict(call.initial_metadata())["x-backend"].startswith("east-1/")
+        assert channel.unary_unary("/demo.Echo/Echo")(b"hello", timeout=5) == b"hello"
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary("/demo.Nope/Nope")(b"", timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    ca = (Path(str(demo["dir"])) / "demo-ca.pem").read_bytes()
+    creds = grpc.ssl_channel_credentials(root_certificates=ca)
+    with grpc.secure_channel(f"localhost:{demo['https']}", creds) as channel:
+        reply, call = channel.unary_unary(health).with_call(b"", timeout=5)
+        assert reply == b"\x08\x01" and dict(call.initial_metadata())["x-backend"].startswith("east-1/")
 
 
 def test_demo_serves_every_listener_and_stops_on_sigint(demo: dict[str, object]) -> None:
@@ -140,8 +168,11 @@ def test_demo_serves_every_listener_and_stops_on_sigint(demo: dict[str, object])
     assert set(members) == {"east-1", "east-2", "west-1"}
     assert all(m["connected"] for m in members.values())
 
+    # gRPC: a real grpcio client through the h2c listener and through the HTTPS one (ALPN h2), local first.
+    _check_grpc(demo)
+
     # The explain endpoint answers for every service of the demo, with the tiers it would use.
-    for service in ("demo/nginx", "demo/echo", "demo/web"):
+    for service in ("demo/nginx", "demo/echo", "demo/web", "demo/grpc"):
         status, explained = _get(f"http://127.0.0.1:{admin}/api/v1/explain?service={service}&key=user-1")
         assert status == 200, explained
         pools = json.loads(explained)["pools"]

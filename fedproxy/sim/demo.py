@@ -18,7 +18,7 @@ from fedproxy.aio import install_uvloop
 from fedproxy.configload import load_config
 from fedproxy.serve import Server
 from fedproxy.sim.pki import CertificateAuthority
-from fedproxy.sim.topology import Topology
+from fedproxy.sim.topology import DEMO_GRPC, DEMO_SERVICES, Topology
 
 log = logging.getLogger("fedproxy.demo")
 
@@ -45,7 +45,22 @@ def _https_listener(https: int, cert: Path | None, key: Path | None) -> str:
         certificates: [{{cert_file: {cert}, key_file: {key}}}]
       routes:
         - {{host: "web.demo.example", service: demo/web}}
+        - {{path_prefix: /grpc.health.v1.Health/, service: demo/grpc, upstream_protocol: h2c}}
         - {{path_prefix: /, service: demo/nginx, retries: {{attempts: 2}}}}
+"""
+
+
+def _grpc_listener(grpc: int) -> str:
+    """An h2c (prior knowledge) listener: gRPC clients' insecure channels; UNAVAILABLE is retried elsewhere."""
+    if not grpc:
+        return ""
+    return f"""\
+    - name: grpc
+      address: 127.0.0.1
+      port: {grpc}
+      h2c: true
+      routes:
+        - {{path_prefix: /, service: demo/grpc, upstream_protocol: h2c, retries: {{attempts: 2}}}}
 """
 
 
@@ -58,10 +73,12 @@ def demo_config(
     https: int = 0,
     cert: Path | None = None,
     key: Path | None = None,
+    grpc: int = 0,
 ) -> str:
     """The fedproxy config of the demo: east-1 is local (pods reachable), east-2 has a flat network
     to its pods (as with Submariner), west-1 is reached through NodePorts and LoadBalancer IPs.
-    With ``https`` and a certificate, the front door is also served over TLS on that port."""
+    With ``https`` and a certificate, the front door is also served over TLS on that port (gRPC health checks
+    included); with ``grpc``, an h2c listener on that port sends gRPC calls to demo/grpc."""
     return f"""\
 # Written by `fedproxy demo`. Members are emulated Kubernetes API servers on 127.0.0.1.
 clusters:
@@ -79,7 +96,7 @@ http:
       routes:
         - {{host: "web.demo.example", service: demo/web}}
         - {{path_prefix: /, service: demo/nginx, retries: {{attempts: 2}}}}
-{_https_listener(https, cert, key)}tcp:
+{_https_listener(https, cert, key)}{_grpc_listener(grpc)}tcp:
   listeners:
     - {{name: echo, address: 127.0.0.1, port: {tcp}, service: demo/echo}}
 dns:
@@ -91,20 +108,25 @@ admin:
 """
 
 
-def _instructions(http: int, tcp: int, dns: int, admin: int, workdir: Path, https: int = 0) -> str:
-    tls = ""
+def _instructions(http: int, tcp: int, dns: int, admin: int, workdir: Path, https: int = 0, grpc: int = 0) -> str:
+    more = ""  # the HTTPS and gRPC lines
     if https:
         ca = workdir / "demo-ca.pem"
-        tls = f"""
+        more = f"""
   curl -s --cacert {ca} https://localhost:{https}/                  # HTTPS front door (TLS, ALPN h2/http1.1)
   curl -s --cacert {ca} --resolve web.demo.example:{https}:127.0.0.1 https://web.demo.example:{https}/"""
+    if grpc:  # curl speaks enough gRPC for a unary call: one empty message, the answer's headers and trailers
+        more += f"""
+  printf '\\0\\0\\0\\0\\0' | curl -s --http2-prior-knowledge -H 'content-type: application/grpc' -H 'te: trailers' \\
+    --data-binary @- -D - -o /dev/null http://127.0.0.1:{grpc}/grpc.health.v1.Health/Check   # gRPC (h2c)
+  grpc_health_probe -addr 127.0.0.1:{grpc}                          # the same, if you have grpc_health_probe"""
     return f"""
 fedproxy demo is running: 3 emulated members (east-1 local, east-2 same region, west-1 other region).
 Config: {workdir / "fedproxy.yaml"}   kubeconfig: {workdir / "kubeconfig.yaml"}
 
   curl -s http://127.0.0.1:{http}/                                 # HTTP front door -> demo/nginx (local first)
   curl -s -H 'x-fedproxy-cluster: west-1' http://127.0.0.1:{http}/  # pin one member
-  curl -s -H 'Host: web.demo.example' http://127.0.0.1:{http}/      # host route -> demo/web{tls}
+  curl -s -H 'Host: web.demo.example' http://127.0.0.1:{http}/      # host route -> demo/web{more}
   echo hello | nc -q1 127.0.0.1 {tcp}                               # TCP front door -> demo/echo
   dig @127.0.0.1 -p {dns} nginx.demo.svc.clusterset.local           # DNS, Lighthouse semantics
   dig @127.0.0.1 -p {dns} west-1.nginx.demo.svc.clusterset.local    # one member's address
@@ -132,7 +154,9 @@ async def run_demo(args: argparse.Namespace) -> None:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fedproxy-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     # Service ports are shifted (--port-offset) so nothing needs root: 80 -> 10080, 7 -> 10007 ...
-    topology = Topology(port_offset=args.port_offset)
+    grpc = getattr(args, "grpc_port", 0)
+    services = DEMO_SERVICES + ((DEMO_GRPC,) if grpc else ())
+    topology = Topology(services=services, port_offset=args.port_offset)
     await topology.start()
     try:
         kubeconfig = topology.write_kubeconfig(workdir / "kubeconfig.yaml")
@@ -140,12 +164,14 @@ async def run_demo(args: argparse.Namespace) -> None:
         https = getattr(args, "https_port", 0)
         _ca, cert, key = write_demo_certificate(workdir) if https else (None, None, None)
         path.write_text(
-            demo_config(kubeconfig, args.http_port, args.tcp_port, args.dns_port, args.admin_port, https, cert, key)
+            demo_config(
+                kubeconfig, args.http_port, args.tcp_port, args.dns_port, args.admin_port, https, cert, key, grpc
+            )
         )
         server = Server(load_config(str(path)), config_path=str(path))
 
         async def until() -> None:
-            text = _instructions(args.http_port, args.tcp_port, args.dns_port, args.admin_port, workdir, https)
+            text = _instructions(args.http_port, args.tcp_port, args.dns_port, args.admin_port, workdir, https, grpc)
             print(text, flush=True)
             tasks = []
             if args.scenario == "failover":

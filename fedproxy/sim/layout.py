@@ -27,7 +27,7 @@ class ServiceSpec:
     """One demo Service; `protocol` says which echo backend the pods run for it."""
 
     name: str
-    protocol: Literal["http", "tcp"]
+    protocol: Literal["http", "tcp", "grpc"]
     port: int
     port_name: str
     target_port: int
@@ -60,6 +60,8 @@ DEMO_SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("echo", "tcp", 7, "tcp-echo", 7007),
     ServiceSpec("web", "http", 80, "http", 8081, type="LoadBalancer", node_port=30081),
 )
+# The demo's gRPC service (h2c pods, fedproxy.sim.grpc_backend); `fedproxy demo` adds it to DEMO_SERVICES.
+DEMO_GRPC = ServiceSpec("grpc", "grpc", 9090, "grpc", 9091)
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,8 @@ def service_object(
     }
     if svc.node_port:
         port["nodePort"] = addr.port(svc.node_port)
+    if svc.protocol == "grpc":
+        port["appProtocol"] = "kubernetes.io/h2c"
     lb = [addr.lb_ip(cluster, lb_index(services, svc))] if svc.type == "LoadBalancer" else []
     return objects.service(
         NAMESPACE,

@@ -22,9 +22,11 @@ from typing import Protocol
 from fedproxy.sim import objects
 from fedproxy.sim.apiserver import FakeApiServer
 from fedproxy.sim.backends import HttpEcho, TcpEcho
+from fedproxy.sim.grpc_backend import GrpcEcho
 from fedproxy.sim.kubeconfig import write_kubeconfig
 from fedproxy.sim.layout import (
     DEMO_CLUSTERS,
+    DEMO_GRPC,
     DEMO_SERVICES,
     NAMESPACE,
     Addressing,
@@ -36,7 +38,7 @@ from fedproxy.sim.layout import (
     slice_object,
 )
 
-__all__ = ["DEMO_CLUSTERS", "DEMO_SERVICES", "NAMESPACE", "Member", "Topology"]
+__all__ = ["DEMO_CLUSTERS", "DEMO_GRPC", "DEMO_SERVICES", "NAMESPACE", "Member", "Topology"]
 
 KARMADA_NAME = "karmada"
 KARMADA_SECRET_NAMESPACE = "karmada-cluster"
@@ -68,6 +70,8 @@ class Member:
 def _backend(svc: ServiceSpec, host: str, port: int, cluster: str, who: str) -> Backend:
     if svc.protocol == "http":
         return HttpEcho(host, port, cluster=cluster, pod=who)
+    if svc.protocol == "grpc":
+        return GrpcEcho(host, port, cluster=cluster, pod=who)
     return TcpEcho(host, port, prefix=f"{cluster}/{who}\n".encode())
 
 

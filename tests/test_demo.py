@@ -170,6 +170,15 @@ def test_demo_serves_every_listener_and_stops_on_sigint(demo: dict[str, object])
 
     # gRPC: a real grpcio client through the h2c listener and through the HTTPS one (ALPN h2), local first.
     _check_grpc(demo)
+    # Connections are counted by protocol, TLS version and the certificate served (the demo's is "localhost").
+    status, metrics = _get(f"http://127.0.0.1:{admin}/metrics")
+    text = metrics.decode()
+    for labels in (
+        'certificate="-",listener="grpc",protocol="h2",tls_version="-"',
+        'certificate="localhost",listener="front-door-tls",protocol="h2",tls_version="TLSv1.3"',
+        'certificate="localhost",listener="front-door-tls",protocol="http/1.1",tls_version="TLSv1.3"',
+    ):
+        assert f"fedproxy_http_connections_total{{{labels}}}" in text, labels
 
     # The explain endpoint answers for every service of the demo, with the tiers it would use.
     for service in ("demo/nginx", "demo/echo", "demo/web", "demo/grpc"):

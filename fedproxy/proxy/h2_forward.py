@@ -241,6 +241,8 @@ def _access(
             "event": "http_request",
             "listener": server.name,
             "protocol": "h2",
+            "tls": conn.tls_version,
+            "sni": conn.sni,
             "method": call.method.decode("latin-1"),
             "path": call.path_only.decode("latin-1"),
             "route": route.name if route else "-",

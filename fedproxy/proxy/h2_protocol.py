@@ -20,7 +20,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
-from . import h2_forward
+from ..tls.context import handshake_facts
+from . import h2_forward, http_log
 from .h2_stream import H2Peer, H2Stream
 from .http_protocol import HttpProxyProtocol
 
@@ -40,6 +41,7 @@ class H2ServerProtocol(H2Peer):
         self.loop = loop
         self.scheme = scheme
         self.client_ip = ""
+        self.tls_version = self.sni = "-"  # of a TLS connection, for the access log (connection_made)
         self.conn_id = 0
         self.draining = False
         self.streams_served = 0
@@ -56,6 +58,8 @@ class H2ServerProtocol(H2Peer):
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "unknown"
+        self.tls_version, self.sni, cert = handshake_facts(transport)
+        http_log.count_connection(self.server.name, "h2", self.tls_version, cert)
         self.conn_id = self.server.register(self)  # type: ignore[arg-type]
         self.start()
         self._idle()

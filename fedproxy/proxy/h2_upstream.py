@@ -9,9 +9,9 @@ A new connection is handed out once the peer's first SETTINGS arrived (servers s
 it costs one round trip at connect): the protocol default limit is unlimited, and a backend with a lower one would
 refuse the excess of a burst (RST_STREAM REFUSED_STREAM), which the only endpoint of a service cannot retry.
 A connection with no stream for ``idle_timeout`` seconds closes.
-``H2Call`` is one request on it, seen by the forwarding side (h2_attempt.py, driven by h2_forward.py) through the same small
-interface as the HTTP/1.1 translation (h2_to_h1.py): ``get()`` response events, ``ack(n)`` once passed on,
-``send_data``/``send_trailers`` for the request body, ``finish(ok)``.
+``H2Call`` is one request on it, seen by the forwarding side (h2_attempt.py, driven by h2_forward.py) through
+the same small interface as the HTTP/1.1 translation (h2_to_h1.py): ``get()`` response events, ``ack(n)`` once
+passed on, ``send_data``/``send_trailers`` for the request body, ``finish(ok)``.
 A GOAWAY ends the streams above its last stream id as REFUSED_STREAM, which the forwarder retries: the
 peer did not process them (RFC 9113 6.8). The first such retry goes to the same endpoint on a ``fresh``
 connection (``acquire(..., fresh=True)``), so that a service with one endpoint survives a GOAWAY or a refusal.

@@ -506,6 +506,9 @@ def access(
         {
             "event": "http_request",
             "listener": server.name,
+            "protocol": "http/1.1",
+            "tls": client.tls_version,
+            "sni": client.sni,
             "method": req.method.decode("latin-1"),
             "path": req.path.decode("latin-1"),
             "route": route.name if route else "-",

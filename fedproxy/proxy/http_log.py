@@ -37,10 +37,17 @@ UPSTREAM_LATENCY = Histogram(
     buckets=(_BOUNDS := (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)),
 )
 RETRIES = Counter("fedproxy_http_retries_total", "Upstream retries, by listener and service", ["listener", "service"])
+CONNECTIONS = Counter(
+    "fedproxy_http_connections_total",
+    "Client connections accepted, by listener, protocol (http/1.1, h2), TLS version and certificate served "
+    "(its first name; 'default' when the client's server name matched none; '-' for both on cleartext)",
+    ["listener", "protocol", "tls_version", "certificate"],
+)
 
 _requests: dict[tuple[str, str, str, int], Any] = {}
 _latency: dict[tuple[str, str, str], Any] = {}
 _retries: dict[tuple[str, str], Any] = {}
+_connections: dict[tuple[str, str, str, str], Any] = {}
 # Not yet flushed: request counts, and per latency key [sum, count in bucket 0, ..., count above the last bound].
 _counts: dict[tuple[str, str, str, int], int] = {}
 _latencies: dict[tuple[str, str, str], list[float]] = {}
@@ -81,6 +88,14 @@ def flush() -> None:
         for value, n in zip(hist._buckets, acc[1:], strict=True):
             if n:
                 value.inc(n)
+
+
+def count_connection(listener: str, protocol: str, tls_version: str, certificate: str) -> None:
+    key = (listener, protocol, tls_version, certificate)
+    child = _connections.get(key)
+    if child is None:
+        child = _connections[key] = CONNECTIONS.labels(*key)
+    child.inc()
 
 
 def count_retry(listener: str, service: str) -> None:

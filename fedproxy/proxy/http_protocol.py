@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from . import http_express, http_fast, http_head
+from ..tls.context import handshake_facts
+from . import http_express, http_fast, http_head, http_log
 from .flow import FlowControl
 from .http_request import Request, next_request_id
 from .upstream import UpstreamProtocol
@@ -36,6 +37,10 @@ class _HeadTooLarge(Exception):
 
 
 class HttpProxyProtocol(asyncio.Protocol):
+    # A TLS connection's version and the server name its client sent (set in connection_made), for the log.
+    tls_version = "-"
+    sni = "-"
+
     def __init__(self, server: HttpProxyServer, loop: asyncio.AbstractEventLoop) -> None:
         # Collaborators.
         self.server = server
@@ -75,9 +80,14 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.inbound = FlowControl(transport)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "unknown"
-        if self.server.tls is not None and transport.get_extra_info("sslcontext") is not None:
+        server = self.server
+        if server.tls is not None and transport.get_extra_info("sslcontext") is not None:
             self.scheme = b"https"
-        self.conn_id = self.server.register(self)
+            self.tls_version, self.sni, cert = handshake_facts(transport)
+            http_log.count_connection(server.name, "http/1.1", self.tls_version, cert)
+        else:
+            http_log.count_connection(server.name, "http/1.1", "-", "-")
+        self.conn_id = server.register(self)
         self.set_deadline(self.listener.request_head_timeout, self._head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:

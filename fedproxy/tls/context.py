@@ -141,7 +141,23 @@ class ServerTls:
             return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR  # no certificate yet: fail rather than present another
         index = store.table.lookup(server_name)
         sslobj.context = contexts[0 if index is None else index]
+        # What handshake_facts reads back once the connection is made (the SSLObject is the connection's own).
+        matched = store.table.match(server_name)
+        cert = store.certs[matched] if matched is not None else None
+        sslobj.fedproxy_sni = server_name or "-"  # type: ignore[attr-defined]
+        sslobj.fedproxy_cert = (cert.names[0] if cert.names else cert.subject) if cert else "default"  # type: ignore[attr-defined]
         return None
+
+
+def handshake_facts(transport: Any) -> tuple[str, str, str]:
+    """(TLS version, server name the client sent, certificate served) of a connection; all "-" for cleartext.
+
+    The certificate is named by its first name (as configured, wildcards kept), "default" when the client's
+    name matched none; the name the client sent is "-" when it sent none. Both come from ``_on_sni``."""
+    sslobj = transport.get_extra_info("ssl_object")
+    if sslobj is None:
+        return "-", "-", "-"
+    return sslobj.version() or "-", getattr(sslobj, "fedproxy_sni", "-"), getattr(sslobj, "fedproxy_cert", "default")
 
 
 def negotiated_protocol(transport: Any) -> str:

@@ -45,15 +45,16 @@ class NameTable(Generic[T]):
             self.exact.setdefault(key, value)
 
     def lookup(self, name: str | None) -> T | None:
+        found = self.match(name)
+        return self.default if found is None else found
+
+    def match(self, name: str | None) -> T | None:
+        """The exact or wildcard entry for ``name``; None when only the default would answer."""
         if not name:
-            return self.default
+            return None
         key = normalize(name)
         found = self.exact.get(key)
         if found is not None:
             return found
         _, dot, parent = key.partition(".")
-        if dot:
-            found = self.wildcard.get(parent)
-            if found is not None:
-                return found
-        return self.default
+        return self.wildcard.get(parent) if dot else None

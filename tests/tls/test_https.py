@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 import fedproxy.proxy.http as http_mod
 from fedproxy.config import (
@@ -275,3 +277,29 @@ async def test_upstream_tls_sessions_are_resumed(ca: Pki, proxy: Any, https_pod:
     status, body = await plain_get(server.port)
     assert status == 200
     assert log == [False, True], log  # the second handshake resumed the first session
+
+
+def _connections(listener: str, protocol: str, tls_version: str, certificate: str) -> float:
+    labels = {"listener": listener, "protocol": protocol, "tls_version": tls_version, "certificate": certificate}
+    return REGISTRY.get_sample_value("fedproxy_http_connections_total", labels) or 0.0
+
+
+async def test_access_log_and_metrics_carry_protocol_tls_version_and_sni(
+    ca: Pki, proxy: Any, echo: HttpEcho, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fedproxy.access")  # before the proxy is built: it decides per config
+    a, b = ca.issue("a.test"), ca.issue("wild.b.test", dns=("*.b.test",))
+    server = await proxy(listener(a, b), {WEB: [echo.port]})
+    name = server.name
+    before = {cert: _connections(name, "http/1.1", "TLSv1.3", cert) for cert in ("a.test", "*.b.test", "default")}
+    for sni in ("a.test", "x.b.test", "other.test", None):
+        c = await connect(server.port, sni, None)  # type: ignore[arg-type]
+        assert (await c.get(sni or "nameless"))[0] == 200
+        await c.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "fedproxy.access"]
+    assert len(lines) == 4
+    for line, sni in zip(lines, ("a.test", "x.b.test", "other.test", "-"), strict=True):
+        assert " protocol=http/1.1 tls=TLSv1.3 " in line and f" sni={sni} " in line, line
+    # The certificate label is the served certificate's first name: bounded by the config, not by clients.
+    after = {cert: _connections(name, "http/1.1", "TLSv1.3", cert) for cert in before}
+    assert {cert: after[cert] - before[cert] for cert in before} == {"a.test": 1, "*.b.test": 1, "default": 2}

@@ -1,6 +1,7 @@
 """What the HTTP proxy reports per request: one access-log line and the Prometheus counters.
 
-Per request only plain ints move: request counts in a dict keyed by (listener, service, cluster, code) and
+Per request only plain ints move: request counts in a dict keyed by (listener, service, cluster, code) (and
+connection counts keyed by (listener, protocol, TLS version, certificate)) and
 upstream latencies as per-bucket counts plus a sum in a list per (listener, service, cluster). ``flush``
 moves them into the prometheus metrics (``inc(n)``, and the histogram's bucket values directly, since it has
 no ``observe`` for n samples); it runs when the default registry is scraped (``_FlushHotCounts`` is
@@ -50,6 +51,7 @@ _retries: dict[tuple[str, str], Any] = {}
 _connections: dict[tuple[str, str, str, str], Any] = {}
 # Not yet flushed: request counts, and per latency key [sum, count in bucket 0, ..., count above the last bound].
 _counts: dict[tuple[str, str, str, int], int] = {}
+_conn_counts: dict[tuple[str, str, str, str], int] = {}
 _latencies: dict[tuple[str, str, str], list[float]] = {}
 _EMPTY_LATENCY = [0.0] * (len(_BOUNDS) + 2)
 
@@ -70,9 +72,15 @@ def observe_latency(listener: str, service: str, cluster: str, seconds: float) -
 
 def flush() -> None:
     """Move the counts gathered since the last flush into the prometheus metrics."""
-    global _counts, _latencies
+    global _counts, _latencies, _conn_counts
     counts, _counts = _counts, {}
     latencies, _latencies = _latencies, {}
+    conn_counts, _conn_counts = _conn_counts, {}
+    for ckey, n in conn_counts.items():
+        conn = _connections.get(ckey)
+        if conn is None:
+            conn = _connections[ckey] = CONNECTIONS.labels(*ckey)
+        conn.inc(n)
     for key, n in counts.items():
         child = _requests.get(key)
         if child is None:
@@ -92,10 +100,7 @@ def flush() -> None:
 
 def count_connection(listener: str, protocol: str, tls_version: str, certificate: str) -> None:
     key = (listener, protocol, tls_version, certificate)
-    child = _connections.get(key)
-    if child is None:
-        child = _connections[key] = CONNECTIONS.labels(*key)
-    child.inc()
+    _conn_counts[key] = _conn_counts.get(key, 0) + 1
 
 
 def count_retry(listener: str, service: str) -> None:

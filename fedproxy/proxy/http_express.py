@@ -286,6 +286,8 @@ class Express:
         pairs = []
         cookies = []
         for line in data[le + 2 : -4].split(b"\r\n"):
+            if not line:  # a request with no header line at all
+                continue
             name, _, value = line.partition(b":")
             value = value.strip(b" \t")
             pairs.append((name, value))

@@ -482,6 +482,8 @@ def _fail(
     if limit:  # after the status line: clients and tests tell a breaker's 503 from a no-endpoint 503
         line_end = body.index(b"\r\n") + 2
         body = body[:line_end] + b"x-fedproxy-reason: circuit-breaker %b\r\n" % limit.encode() + body[line_end:]
+    if req.method == b"HEAD":  # the head only: a body would be read as the start of the next response
+        body = body[: body.index(b"\r\n\r\n") + 4]
     req.bytes_out += len(body)
     client.write(body)
     client.finish(req, keep)

@@ -112,8 +112,9 @@ class HttpProxyProtocol(asyncio.Protocol):
             self.tunnel.transport.write(data)  # type: ignore[union-attr]
             return
         if self.upgrade_seen:
-            if self.active is not None:
-                self.active.tunnel_pending.append(data)
+            req = self._upgrade_request()
+            if req is not None:
+                req.tunnel_pending.append(data)
             return
         try:
             if self.active is None and not self.mid and http_express.serve(self, data):
@@ -121,7 +122,7 @@ class HttpProxyProtocol(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self.upgrade_seen = True
-            req = self.active if self.active is not None else (self.queue[-1] if self.queue else None)
+            req = self._upgrade_request()
             rest = data[exc.args[0] :]
             if req is not None and req.websocket:
                 if rest:
@@ -136,6 +137,11 @@ class HttpProxyProtocol(asyncio.Protocol):
         except Exception:  # a bug must cost one connection, never the process
             log.exception("event=http_connection_error conn=%d", self.conn_id)
             self._close()
+
+    def _upgrade_request(self) -> Request | None:
+        """The request that carried the upgrade: the last one parsed (queued behind the one in flight, which may be
+        an express exchange, or in flight itself). The parser stops at it: nothing after it is a request."""
+        return self.queue[-1] if self.queue else self.active  # type: ignore[return-value]
 
     def eof_received(self) -> bool | None:
         # The client half-closed: finish the request in flight, then close.

@@ -78,6 +78,8 @@ class _RawPod(asyncio.Protocol):
             t.close()
         elif path == b"/hang":
             pass
+        elif path == b"/slow":  # in flight long enough for the client to send more
+            asyncio.get_running_loop().call_later(0.2, t.write, PLAIN % name)
         else:
             t.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
 
@@ -271,4 +273,59 @@ async def test_each_response_counted_and_logged_once(http_proxy, http_world, cap
     lines = [r.getMessage() for r in caplog.records if r.name == "fedproxy.access"]
     assert len(lines) == 5 and sum("status=200" in line for line in lines) == 4, lines
     assert all("request_id=" in line and "bytes_out=" in line for line in lines)
+    await pod.stop()
+
+
+async def test_pipelined_upgrade_behind_an_express_request_gets_that_response_first(http_proxy, http_world) -> None:
+    pod = await RawPod(b"a").start()
+    lst, cfg = make_config()
+    px = await http_proxy(lst, cfg, http_world.state(cfg, {"east": [("127.0.0.1", pod.port)]}))
+    for second in (b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                   b"CONNECT app:443 HTTP/1.1\r\nHost: app:443\r\n\r\n"):  # fmt: skip
+        reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+        assert (await get(writer, reader, "/plain"))[0] == 200  # an idle upstream: /slow takes the lane
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: app\r\n\r\n")
+        await asyncio.sleep(0.05)
+        writer.write(second)  # the full parser meets an upgrade while the express exchange is in flight
+        status, _, body = await asyncio.wait_for(read_response(reader), 2)
+        assert (status, body) == (200, b"plain")
+        writer.close()
+    await asyncio.sleep(0.1)
+    idle(px)
+    await pod.stop()
+
+
+async def test_a_request_without_header_lines_goes_upstream_without_an_empty_header(http_proxy, http_world) -> None:
+    east, west = await RawPod(b"east").start(), await RawPod(b"west").start()
+    route = HttpRoute(SERVICE, retries=RetryPolicy(on=("5xx",)))
+    lst, cfg = make_config(routes=(route,), clusters={"east": {"local": True}, "west": {}})
+    ports = {"east": [("127.0.0.1", east.port)], "west": [("127.0.0.1", west.port)]}
+    px = await http_proxy(lst, cfg, http_world.state(cfg, ports))
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    # First on the connection (no idle upstream: the task path builds the head from the lane's request)...
+    writer.write(b"GET /plain HTTP/1.1\r\n\r\n")
+    assert (await asyncio.wait_for(read_response(reader), 2))[0] == 200
+    # ...and a retried 5xx (converted to the fast path, then retried on the other member).
+    writer.write(b"GET /503 HTTP/1.1\r\n\r\n")
+    await asyncio.wait_for(read_response(reader), 2)
+    writer.close()
+    heads = east.heads + west.heads
+    assert any(h.startswith(b"GET /503") for h in heads) and len(heads) >= 3
+    assert not any(b"\r\n:" in h for h in heads), heads
+    await east.stop()
+    await west.stop()
+
+
+async def test_the_proxys_own_error_answer_to_head_has_no_body(http_proxy, http_world) -> None:
+    pod = await RawPod(b"a").start()
+    lst, cfg = make_config(routes=(HttpRoute(SERVICE, timeouts=Timeouts(response_header=0.1)),))
+    px = await http_proxy(lst, cfg, http_world.state(cfg, {"east": [("127.0.0.1", pod.port)]}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    writer.write(b"HEAD /hang HTTP/1.1\r\nHost: app\r\n\r\n")
+    status, headers, _ = await asyncio.wait_for(read_response(reader, head_only=True), 2)
+    assert status == 504 and headers.get("connection") != "close"
+    # The connection is still in step: the next response is read as a response, not after a stray body.
+    status, _, body = await asyncio.wait_for(get(writer, reader, "/plain"), 2)
+    assert (status, body) == (200, b"plain")
+    writer.close()
     await pod.stop()

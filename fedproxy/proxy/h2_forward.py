@@ -90,15 +90,21 @@ async def serve_stream(
         total = route.config.timeouts.total
         deadline = loop.time() + total if total > 0 else None
         tried: list[Endpoint] = []
+        following: Endpoint | None = None  # the endpoint a granted retry goes to
 
         def may_retry(outcome: str, status: int) -> bool:
+            nonlocal following
             if retries >= policy.attempts or not any(k in policy.on for k in _kinds(outcome, status)):
                 return False
             if stream.closed or not call.replayable():
                 return False
             # Not processed upstream, or a gRPC UNAVAILABLE: safe whatever the method; else idempotent only.
             safe = outcome in ("refused", "connect-failure", "refused-stream", "unavailable")
-            return safe or call.method in (b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE")
+            if not (safe or call.method in (b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE")):
+                return False
+            # Never to an endpoint already tried: with none left, this attempt's outcome is the answer.
+            following = pool.pick(hash_key, exclude=tried, cluster=pinned)
+            return following is not None
 
         def retry_answered(outcome: str, status: int) -> bool:
             """Called by ``h2_attempt._relay`` for an answered attempt (5xx, gRPC UNAVAILABLE) while its head is
@@ -128,14 +134,10 @@ async def serve_stream(
                 outcome, status = await attempt(server, conn, stream, call, route, pool, ep, deadline,
                                                 retry_answered, True)  # fmt: skip
             else:
-                ep = pool.pick(hash_key, exclude=tried, cluster=pinned)
+                ep, following = following or pool.pick(hash_key, cluster=pinned), None  # a retry's was picked
                 if ep is None:
-                    if tried:  # every endpoint left was tried: the last failure is the answer (HTTP/1.1 does the same)
-                        why = f"no upstream could be reached for {route.spec.service} (tried {len(tried)})"
-                        await _error(conn, stream, call, 502, why)
-                    else:
-                        why = f"no healthy endpoint for {route.spec.service}: {pool.reason or 'all ejected or drained'}"
-                        await _error(conn, stream, call, 503, why)
+                    why = f"no healthy endpoint for {route.spec.service}: {pool.reason or 'all ejected or drained'}"
+                    await _error(conn, stream, call, 503, why)
                     return
                 tried.append(ep)
                 outcome, status = await attempt(server, conn, stream, call, route, pool, ep, deadline,

@@ -164,29 +164,11 @@ async def forward(
                 outcome, status, sent = resume.outcome, resume.status, True
                 resume = first = None
             else:
-                ep = first if first is not None else pool.pick(hash_key, exclude=tried, cluster=pinned)
+                ep = first if first is not None else pool.pick(hash_key, cluster=pinned)  # a retry's was picked
                 first = None
                 if ep is None:
-                    if not tried:
-                        _fail(
-                            server,
-                            client,
-                            req,
-                            503,
-                            f"no healthy endpoint for {route.spec.service}: "
-                            f"{pool.reason or 'every endpoint is ejected or drained'}",
-                            route,
-                        )
-                    else:
-                        _fail(
-                            server,
-                            client,
-                            req,
-                            502,
-                            f"no upstream could be reached for {route.spec.service}",
-                            route,
-                            ep,
-                        )
+                    why = pool.reason or "every endpoint is ejected or drained"
+                    _fail(server, client, req, 503, f"no healthy endpoint for {route.spec.service}: {why}", route)
                     return
                 tried.append(ep)
                 outcome, status, sent = await _attempt(server, client, req, route, pool, ep, deadline)
@@ -203,6 +185,9 @@ async def forward(
             if client.up is not None and outcome != "status":
                 _drop_upstream(client)
             retry = outcome != "timeout" and may_retry(req, policy, retries, kinds, sent) and not client.closing
+            if retry:  # never to an endpoint already tried: with none left, this attempt's outcome is the answer
+                first = pool.pick(hash_key, exclude=tried, cluster=pinned)
+                retry = first is not None
             # The budget protects upstreams from retry storms of answered requests (5xx). A try that got no
             # response byte (refused, failed connect, a stale keep-alive connection reset) is retried outside
             # it, as TCP connect retries are: otherwise a pod that dies under load turns into failed requests

@@ -112,6 +112,18 @@ async def test_unavailable_is_retried_on_another_cluster(grpc_pods, http_proxy, 
     assert tuple(ok for _, ok in px.reports) == (False, True)
 
 
+async def test_unavailable_from_the_only_endpoint_is_passed_on(grpc_pods, http_proxy, http_world) -> None:
+    east = await grpc_pods("east", unavailable=True)
+    lst, cfg = grpc_config()
+    px = await http_proxy(lst, cfg, http_world.state(cfg, {"east": [("127.0.0.1", east.port)]}))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{px.port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await channel.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
+    # No endpoint left to retry on: the backend's own status and message, not a proxy error in their place.
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE and info.value.details() == "pod going away"
+    assert east.calls == 1
+
+
 async def test_proxy_errors_reach_grpc_clients_as_status(grpc_pods, http_proxy, http_world) -> None:
     lst, cfg = grpc_config()
     refused = http_world.refused_port()
@@ -120,4 +132,4 @@ async def test_proxy_errors_reach_grpc_clients_as_status(grpc_pods, http_proxy, 
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await channel.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # 502 from the proxy, mapped per gRPC's table
-    assert "could be reached" in (info.value.details() or "")
+    assert "failed: refused" in (info.value.details() or "")  # the one endpoint's failure is the answer

@@ -329,3 +329,18 @@ async def test_the_proxys_own_error_answer_to_head_has_no_body(http_proxy, http_
     assert (status, body) == (200, b"plain")
     writer.close()
     await pod.stop()
+
+
+async def test_a_5xx_with_no_endpoint_left_to_retry_on_is_passed_on(http_proxy, http_world) -> None:
+    pod = await RawPod(b"a").start()
+    lst, cfg = make_config(routes=(HttpRoute(SERVICE, retries=RetryPolicy(on=("5xx",))),))
+    px = await http_proxy(lst, cfg, http_world.state(cfg, {"east": [("127.0.0.1", pod.port)]}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    for _ in range(2):  # the first on a new upstream connection (task path), the second on the lane
+        status, headers, body = await asyncio.wait_for(get(writer, reader, "/503"), 2)
+        # Retries never reuse an endpoint: with none left, the backend's answer is the answer (not a 502).
+        assert (status, body, headers.get("x-pod")) == (503, b"down", "a")
+    writer.close()
+    assert len(pod.heads) == 2
+    idle(px)
+    await pod.stop()

@@ -91,12 +91,12 @@ def serve(client: HttpProxyProtocol, data: bytes) -> bool:
     if data[le - 9 : le] != b" HTTP/1.1" or sp < 0 or sp >= le - 9:
         return False
     i = low.find(b"\r\nhost:")
-    host = b""
-    if i >= 0:
-        j = data.find(b"\r\n", i + 7)
-        host = data[i + 7 : j].strip(b" \t")
-        if low.find(b"\r\nhost:", j) >= 0:
-            return False
+    if i < 0:  # the full parser answers 400
+        return False
+    j = data.find(b"\r\n", i + 7)
+    host = data[i + 7 : j].strip(b" \t")
+    if low.find(b"\r\nhost:", j) >= 0:
+        return False
     k = low.find(b"\r\nx-request-id:")
     if k >= 0:
         j = data.find(b"\r\n", k + 15)
@@ -286,8 +286,6 @@ class Express:
         pairs = []
         cookies = []
         for line in data[le + 2 : -4].split(b"\r\n"):
-            if not line:  # a request with no header line at all
-                continue
             name, _, value = line.partition(b":")
             value = value.strip(b" \t")
             pairs.append((name, value))

@@ -32,6 +32,10 @@ log = logging.getLogger("fedproxy.proxy.http")
 KEEPALIVE_IDLE = 60.0  # s an idle client keep-alive connection is kept (Timeouts.idle default)
 
 
+class _BadHead(Exception):
+    """A request head llhttp accepts that HTTP/1.1 does not (answered 400 with this reason)."""
+
+
 class _HeadTooLarge(Exception):
     pass
 
@@ -188,7 +192,9 @@ class HttpProxyProtocol(asyncio.Protocol):
         req.headers.append((name, value))
         low = name.lower()
         if low == b"host":
-            req.host = value
+            if req.host_seen:  # which one would the upstream route by? (RFC 9112 3.2: 400)
+                raise _BadHead("more than one Host header")
+            req.host, req.host_seen = value, True
         elif low == b"x-request-id":
             req.has_request_id, req.request_id = True, value
         elif low == b"cookie":
@@ -219,6 +225,8 @@ class HttpProxyProtocol(asyncio.Protocol):
         parser = self.parser
         req.method = parser.get_method()
         req.http10 = parser.get_http_version() == "1.0"
+        if not req.host_seen and not req.http10:
+            raise _BadHead("HTTP/1.1 request without a Host header")
         req.keep_alive = parser.should_keep_alive() and not self.draining
         q = req.target.find(b"?")
         req.path = req.target if q < 0 else req.target[:q]

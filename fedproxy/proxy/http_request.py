@@ -32,6 +32,7 @@ class Request:
         "path",
         "headers",
         "host",
+        "host_seen",
         "http10",
         "keep_alive",
         "websocket",
@@ -68,6 +69,7 @@ class Request:
         self.path = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.host = b""
+        self.host_seen = False  # one Host header, no more: RFC 9112 3.2 (an HTTP/1.1 request without one is 400)
         self.http10 = False
         self.keep_alive = True
         self.websocket = False

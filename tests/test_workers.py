@@ -31,6 +31,15 @@ def _children(pid: int) -> set[int]:
     return {int(x) for x in out.split()}
 
 
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie (its sockets are closed; its parent has not reaped it yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
 async def test_two_workers_share_listeners_and_survive_a_worker_crash(tmp_path: Path) -> None:
     http, tcp, dns_port, admin = free_ports(4)
     topology = Topology(port_offset=30000 + (os.getpid() % 50) * 10)
@@ -93,6 +102,13 @@ async def test_two_workers_share_listeners_and_survive_a_worker_crash(tmp_path: 
             # Kill one worker: it is restarted, and the front door keeps answering meanwhile.
             victim = sorted(workers)[0]
             os.kill(victim, signal.SIGKILL)
+            # A connection the kernel queued on the victim's own SO_REUSEPORT socket in the instant it dies is
+            # reset (docs/architecture.md); once it is dead (a zombie or reaped) every new one must be served.
+
+            async def victim_dead() -> bool:
+                return _dead(victim)
+
+            await until(victim_dead)
             for _ in range(10):
                 await front()
 

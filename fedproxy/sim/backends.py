@@ -187,15 +187,19 @@ class _EchoProtocol(asyncio.Protocol):
             self._owner.connections.discard(self._transport)
 
 
-class TcpEcho:
-    """A TCP echo server on host:port; `prefix` is sent first on each connection (e.g. b"east-1/pod-1\\n")."""
+class LoopbackServer:
+    """A TCP server on one loopback host:port whose ``stop`` resets open connections, as a pod that died does.
 
-    def __init__(self, host: str, port: int = 0, prefix: bytes = b"") -> None:
+    Subclasses give ``protocol()``; their protocols add their transport to ``connections`` and discard it."""
+
+    def __init__(self, host: str, port: int = 0) -> None:
         require_loopback(host)
-        self.host, self.port, self.prefix = host, port, prefix
-        self.accepted = 0
-        self.connections: set[asyncio.Transport] = set()
+        self.host, self.port = host, port
+        self.connections: set[asyncio.BaseTransport] = set()
         self._server: asyncio.Server | None = None
+
+    def protocol(self) -> asyncio.Protocol:
+        raise NotImplementedError
 
     @property
     def running(self) -> bool:
@@ -205,7 +209,7 @@ class TcpEcho:
         if self._server is not None:
             return
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _EchoProtocol(self), self.host, self.port, reuse_address=True)
+        self._server = await loop.create_server(self.protocol, self.host, self.port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -215,5 +219,17 @@ class TcpEcho:
             return
         server.close()
         for transport in list(self.connections):
-            transport.abort()
+            transport.abort()  # type: ignore[attr-defined]
         await server.wait_closed()
+
+
+class TcpEcho(LoopbackServer):
+    """A TCP echo server on host:port; `prefix` is sent first on each connection (e.g. b"east-1/pod-1\\n")."""
+
+    def __init__(self, host: str, port: int = 0, prefix: bytes = b"") -> None:
+        super().__init__(host, port)
+        self.prefix = prefix
+        self.accepted = 0
+
+    def protocol(self) -> asyncio.Protocol:
+        return _EchoProtocol(self)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 
 import h2.config
 import h2.connection
@@ -24,7 +23,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
-from fedproxy.sim.apiserver import require_loopback
+from fedproxy.sim.backends import LoopbackServer
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +47,13 @@ class _GrpcProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.owner.connections.add(self)
+        self.owner.connections.add(transport)
         self.conn.initiate_connection()
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.owner.connections.discard(self)
+        if self.transport is not None:
+            self.owner.connections.discard(self.transport)
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
@@ -120,40 +120,17 @@ class _GrpcProtocol(asyncio.Protocol):
             self.transport.write(data)
 
 
-class GrpcEcho:
+class GrpcEcho(LoopbackServer):
     """An h2c gRPC server identifying itself as `cluster`/`pod` (see the module docstring for its methods)."""
 
     def __init__(self, host: str, port: int = 0, cluster: str = "sim", pod: str = "pod") -> None:
-        require_loopback(host)
-        self.host, self.port, self.cluster, self.pod = host, port, cluster, pod
+        super().__init__(host, port)
+        self.cluster, self.pod = cluster, pod
         self.calls = 0
-        self.connections: set[_GrpcProtocol] = set()
-        self._server: asyncio.Server | None = None
 
     @property
     def identity(self) -> str:
         return f"{self.cluster}/{self.pod}"
 
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    async def start(self) -> None:
-        if self._server is not None:
-            return
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _GrpcProtocol(self), self.host, self.port, reuse_address=True, family=socket.AF_INET
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        """Stop listening and drop open connections, as a dying pod does."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
-        await server.wait_closed()
+    def protocol(self) -> asyncio.Protocol:
+        return _GrpcProtocol(self)

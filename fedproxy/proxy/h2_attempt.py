@@ -27,6 +27,7 @@ from .h2_request import CONNECTION_SPECIFIC, Call, upstream_headers
 from .h2_stream import Event, H2Stream, StreamGone
 from .h2_to_h1 import H1Call, open_h1
 from .h2_upstream import H2Call
+from .http_request import bounded
 from .router import Route
 
 if TYPE_CHECKING:
@@ -61,7 +62,8 @@ async def attempt(
     ok = False
     try:
         try:
-            up = await _open(server, conn, call, route, ep, _bounded(timeouts.connect, deadline, conn.loop), fresh)
+            connect_timeout = bounded(timeouts.connect, deadline, conn.loop.time())
+            up = await _open(server, conn, call, route, ep, connect_timeout, fresh)
         except ConnectionRefusedError:
             server.report(ep, False)
             return "refused", 0
@@ -155,7 +157,7 @@ async def _relay(
     may_retry: Callable[[str, int], bool],
 ) -> tuple[str, int]:
     loop = conn.loop
-    head_timeout = _bounded(route.config.timeouts.response_header, deadline, loop)
+    head_timeout = bounded(route.config.timeouts.response_header, deadline, loop.time())
     sent_at = loop.time()
     held: list[Event] = []
     try:
@@ -168,7 +170,7 @@ async def _relay(
         # Hold the head until the first message or the trailers: UNAVAILABLE with no message is retriable.
         # A stream that stays silent past the head timeout is committed as it is (a long-lived watch).
         try:
-            async with asyncio.timeout(_bounded(route.config.timeouts.response_header, deadline, loop)):
+            async with asyncio.timeout(bounded(route.config.timeouts.response_header, deadline, loop.time())):
                 held.append(await up.get())
         except TimeoutError:
             pass
@@ -221,11 +223,3 @@ async def _relay(
         return "client", status
     server.report(ep, healthy and call.grpc_status not in grpc_status.RETRIABLE)
     return "done", status
-
-
-def _bounded(timeout: float, deadline: float | None, loop: asyncio.AbstractEventLoop) -> float | None:
-    left = None if deadline is None else max(0.0, deadline - loop.time())
-    t = timeout if timeout > 0 else None
-    if t is None:
-        return left
-    return t if left is None else min(t, left)

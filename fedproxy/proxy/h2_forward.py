@@ -25,9 +25,9 @@ from ..balancing.metrics import count_budget_exhausted, count_rejection
 from ..model import Endpoint
 from . import grpc_status, http_head, http_log
 from .h2_attempt import attempt
-from .h2_request import Call, hash_for
+from .h2_request import Call
 from .h2_stream import H2Stream, Headers, StreamGone
-from .http_request import backoff, retry_kind
+from .http_request import affinity_key, backoff, retry_kind
 from .router import Route
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ async def serve_stream(
         if pinned is not None and pinned not in pool.clusters:
             await _error(conn, stream, call, 503, f"cluster {pinned!r} has no endpoint for {route.spec.service}")
             return
-        hash_key = hash_for(route, match, cookies, call, conn.client_ip)
+        hash_key = affinity_key(route, conn.client_ip, match, call.cookie, cookies)
         policy = route.config.retries
         total = route.config.timeouts.total
         deadline = loop.time() + total if total > 0 else None

@@ -3,9 +3,9 @@
 Theory of operation: ``Call`` is created once per request stream from its header block. It keeps the pseudo-headers
 and the few fields the proxy acts on (request id, cookies, gRPC or not), the request body taken so far as a replay
 buffer for retries (up to REPLAY_LIMIT, as the HTTP/1.1 path), and the outcome the access log reports (status,
-grpc-status, bytes). ``hash_for`` turns the route's hash policy into the balancing key; ``upstream_headers`` builds
-the header block sent to an HTTP/2 upstream (RFC 9113 8.2.2 connection-specific fields dropped, X-Forwarded-*
-added). The HTTP/1.1 upstream head is built by ``http_head.request_head`` (h2_to_h1.py).
+grpc-status, bytes). ``upstream_headers`` builds the header block sent to an HTTP/2 upstream (RFC 9113 8.2.2
+connection-specific fields dropped, X-Forwarded-* added); the balancing key is ``http_request.affinity_key``,
+shared with HTTP/1.1. The HTTP/1.1 upstream head is built by ``http_head.request_head`` (h2_to_h1.py).
 """
 
 from __future__ import annotations
@@ -13,20 +13,15 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from ..balancing.hashing import hash_key
-from . import grpc_status, http_head
+from . import grpc_status
 from .h2_stream import Headers
 from .http_request import REPLAY_LIMIT
-from .router import Route
 
 if TYPE_CHECKING:
     from .h2_protocol import H2ServerProtocol
 
 # RFC 9113 8.2.2: connection-specific fields never cross an HTTP/2 hop.
 CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
-
-# The balancing package's hash, so the admin explain endpoint picks what the proxy picks for a key.
-_hash_text = hash_key
 
 
 class Call:
@@ -89,19 +84,6 @@ class Call:
 
     def replayable(self) -> bool:
         return self.replay is not None or not self.consumed
-
-
-def hash_for(route: Route, match: dict[str, str], cookies: dict[str, str] | None, call: Call, ip: str) -> int | None:
-    cfg = route.spec.hash
-    if cfg is None:
-        return None
-    if cfg.on == "source_ip":
-        text = ip
-    elif cfg.on == "header":
-        text = match.get(cfg.name.lower(), "")
-    else:
-        text = (cookies or http_head.parse_cookies(call.cookie)).get(cfg.name, "") if call.cookie else ""
-    return _hash_text(text) if text else None
 
 
 def upstream_headers(call: Call, conn: H2ServerProtocol, tls: bool) -> Headers:

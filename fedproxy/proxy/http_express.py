@@ -29,7 +29,7 @@ import httptools
 
 from . import http_forward, http_head, http_log
 from .http_fast import FastExchange
-from .http_request import Request, next_request_id
+from .http_request import Request, affinity_key, next_request_id
 
 if TYPE_CHECKING:
     from ..balancing import Pool
@@ -135,7 +135,7 @@ def serve(client: HttpProxyProtocol, data: bytes) -> bool:
             _pools.clear()
         cached = _pools[id(route)] = (route, state, state.pool(route.spec))
     pool = cached[2]
-    hash_key = http_forward.hash_key_of(route, None, client.client_ip) if route.spec.hash else None  # type: ignore[arg-type]
+    hash_key = affinity_key(route, client.client_ip, {}, b"") if route.spec.hash else None  # source_ip only
     if k < 0:
         rid = next_request_id()
     ex = Express(client, route, pool, hash_key, data, le, host, path, rid, k >= 0)

@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import http_forward, http_head
-from .http_forward import HOLD, Exchange, Resume, access, commit_head, hash_key_of
+from .http_forward import HOLD, Exchange, Resume, access, commit_head
+from .http_request import affinity_key
 from .upstream import UpstreamLost, UpstreamProtocol
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def start(server: HttpProxyServer, client: HttpProxyProtocol, req: Request) -> b
     if pinned is not None and pinned not in pool.clusters:
         breaker.release("requests")
         return False
-    hash_key = hash_key_of(route, req, client.client_ip)
+    hash_key = affinity_key(route, client.client_ip, req.match_headers, req.cookie)
     ep = pool.pick(hash_key, exclude=(), cluster=pinned)
     if ep is None:
         breaker.release("requests")

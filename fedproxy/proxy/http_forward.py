@@ -15,11 +15,10 @@ import random
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..balancing import Pool
-from ..balancing.hashing import hash_key
 from ..balancing.metrics import count_budget_exhausted, count_rejection
 from ..model import Endpoint
 from . import http_head, http_log
-from .http_request import Request, backoff, may_retry, retry_kind
+from .http_request import Request, affinity_key, backoff, bounded, may_retry, retry_kind
 from .router import Route
 from .upstream import UpstreamLost, UpstreamProtocol
 
@@ -30,9 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedproxy.proxy.http")
 
 HOLD = "hold"  # the upstream is not read while its response head waits for the retry-or-commit decision
-
-# The balancing package's hash, so the admin explain endpoint picks what the proxy picks for a key.
-_hash_text = hash_key
 
 
 class Exchange:
@@ -87,19 +83,6 @@ class Exchange:
         self.client.write(data)
 
 
-def hash_key_of(route: Route, req: Request, client_ip: str) -> int | None:
-    cfg = route.spec.hash
-    if cfg is None:
-        return None
-    if cfg.on == "source_ip":
-        text = client_ip
-    elif cfg.on == "header":
-        text = req.match_headers.get(cfg.name.lower(), "")
-    else:
-        text = http_head.parse_cookies(req.cookie).get(cfg.name, "") if req.cookie else ""
-    return _hash_text(text) if text else None
-
-
 class Resume(NamedTuple):
     """What the fast path (http_fast) hands over: the request already holds a "requests" slot of ``pool`` and
     ``ep`` was picked for it. ``outcome`` "" means no attempt was made yet (``ep`` is tried first); otherwise
@@ -151,7 +134,7 @@ async def forward(
             if pinned is not None and pinned not in pool.clusters:
                 _fail(server, client, req, 503, f"cluster {pinned!r} has no endpoint for {route.spec.service}", route)
                 return
-            hash_key = hash_key_of(route, req, client.client_ip)
+            hash_key = affinity_key(route, client.client_ip, req.match_headers, req.cookie)
         timeouts = route.config.timeouts
         policy = route.config.retries
         loop = client.loop
@@ -264,7 +247,7 @@ async def _attempt(
     try:
         try:
             up, _reused = await server.upstreams.acquire(
-                ep, _bounded(timeouts.connect, deadline, loop), route.config.upstream_tls
+                ep, bounded(timeouts.connect, deadline, loop.time()), route.config.upstream_tls
             )
         except ConnectionRefusedError:
             server.report(ep, False)
@@ -296,7 +279,7 @@ async def _attempt(
             req.sent_body = True
         client.flush_pending(req, head)
         try:
-            async with asyncio.timeout(_bounded(timeouts.response_header, deadline, loop)):
+            async with asyncio.timeout(bounded(timeouts.response_header, deadline, loop.time())):
                 await req.head_waiter
         except TimeoutError:
             up.close()
@@ -429,14 +412,6 @@ def _drop_upstream(client: HttpProxyProtocol) -> None:
     if up is not None:
         up.detach()
         up.close()
-
-
-def _bounded(timeout: float, deadline: float | None, loop: asyncio.AbstractEventLoop) -> float | None:
-    left = None if deadline is None else max(0.0, deadline - loop.time())
-    t = timeout if timeout > 0 else None
-    if t is None:
-        return left
-    return t if left is None else min(t, left)
 
 
 def _fail(

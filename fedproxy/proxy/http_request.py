@@ -2,7 +2,8 @@
 
 One ``Request`` is created per request head the client sends; it collects the head (raw header pairs plus
 the few values the proxy acts on), the body bytes sent upstream that may be replayed on a retry, and the
-response state. ``retry_kind`` maps an upstream failure to the RetryPolicy's names.
+response state. ``retry_kind`` maps an upstream failure to the RetryPolicy's names. ``affinity_key`` and
+``bounded`` serve HTTP/1.1 and HTTP/2 requests alike.
 """
 
 from __future__ import annotations
@@ -10,9 +11,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from typing import TYPE_CHECKING
 
+from ..balancing.hashing import hash_key
 from ..config import RetryPolicy
 from . import http_head
+
+if TYPE_CHECKING:
+    from .router import Route
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 REPLAY_LIMIT = 64 * 1024  # bytes of request body kept for a retry; beyond it a started upload is not retried
@@ -142,3 +148,31 @@ def may_retry(req: Request, policy: RetryPolicy, retries: int, kinds: tuple[str,
 def backoff(policy: RetryPolicy, retries: int, roll: float) -> float:
     """Jittered exponential backoff (Envoy: base 25 ms, cap 250 ms); ``roll`` in [0, 1)."""
     return min(policy.backoff_max, policy.backoff_base * (2**retries)) * (0.5 + roll / 2)
+
+
+def affinity_key(
+    route: Route, client_ip: str, match_headers: dict[str, str], cookie: bytes, cookies: dict[str, str] | None = None
+) -> int | None:
+    """The balancing key of the route's hash policy (None: no policy, or the request has no such value).
+
+    ``cookies``: the request's cookies if already parsed (the router may have). The balancing package's hash,
+    so the admin explain endpoint picks what the proxy picks for a key."""
+    cfg = route.spec.hash
+    if cfg is None:
+        return None
+    if cfg.on == "source_ip":
+        text = client_ip
+    elif cfg.on == "header":
+        text = match_headers.get(cfg.name.lower(), "")
+    else:
+        text = (cookies or http_head.parse_cookies(cookie)).get(cfg.name, "") if cookie else ""
+    return hash_key(text) if text else None
+
+
+def bounded(timeout: float, deadline: float | None, now: float) -> float | None:
+    """One wait's timeout: ``timeout`` (<= 0: none) cut to what is left before the request's ``deadline``."""
+    left = None if deadline is None else max(0.0, deadline - now)
+    t = timeout if timeout > 0 else None
+    if t is None:
+        return left
+    return t if left is None else min(t, left)

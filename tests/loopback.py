@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import subprocess
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -56,3 +59,18 @@ async def until(predicate: Callable[[], Awaitable[T]], deadline: float = 15.0) -
             last = exc
         await asyncio.sleep(0.1)
     raise AssertionError(f"condition not met: {last!r}")
+
+
+def children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (a `fedproxy run --workers N` control process: its workers)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return {int(x) for x in out.split()}
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a process we started and its children (by PID), if it is still running; then reap it."""
+    if proc.poll() is None:
+        for child in children(proc.pid):
+            os.kill(child, signal.SIGKILL)
+        proc.kill()
+    proc.wait()

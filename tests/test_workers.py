@@ -21,14 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fedproxy.sim.demo import demo_config
 from fedproxy.sim.topology import Topology
-from tests.loopback import free_ports, until
+from tests.loopback import children, free_ports, kill_tree, until
 
 pytestmark = pytest.mark.slow
-
-
-def _children(pid: int) -> set[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return {int(x) for x in out.split()}
 
 
 def _dead(pid: int) -> bool:
@@ -63,7 +58,7 @@ async def test_two_workers_share_listeners_and_survive_a_worker_crash(tmp_path: 
                     return r.status == 200
 
             await until(ready)
-            workers = _children(proc.pid)
+            workers = children(proc.pid)
             assert len(workers) == 2
 
             async def front() -> dict:
@@ -113,7 +108,7 @@ async def test_two_workers_share_listeners_and_survive_a_worker_crash(tmp_path: 
                 await front()
 
             async def restarted() -> bool:
-                now = _children(proc.pid)
+                now = children(proc.pid)
                 return len(now) == 2 and victim not in now
 
             await until(restarted)
@@ -121,11 +116,8 @@ async def test_two_workers_share_listeners_and_survive_a_worker_crash(tmp_path: 
 
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 30) == 0
-        assert _children(proc.pid) == set()
+        assert children(proc.pid) == set()
     finally:
-        if proc is not None and proc.poll() is None:
-            for child in _children(proc.pid):
-                os.kill(child, signal.SIGKILL)
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            kill_tree(proc)
         await topology.stop()

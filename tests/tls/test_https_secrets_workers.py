@@ -17,17 +17,12 @@ from fedproxy.sim import objects
 from fedproxy.sim.apiserver import FakeApiServer
 from fedproxy.sim.backends import HttpEcho
 from fedproxy.sim.kubeconfig import write_kubeconfig
-from tests.loopback import free_port, until
+from tests.loopback import children, free_port, kill_tree, until
 
 from .conftest import Pki
 from .test_https_secrets import SECRET, config_yaml, served_cn, web_objects
 
 pytestmark = pytest.mark.slow
-
-
-def _children(pid: int) -> set[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return {int(x) for x in out.split()}
 
 
 async def test_workers_serve_the_secret_certificate_from_the_control_process(tmp_path: Path, ca: Pki) -> None:
@@ -62,7 +57,7 @@ async def test_workers_serve_the_secret_certificate_from_the_control_process(tmp
                 return status == 503 and "east:web/front" in reason
 
             await until(waiting_for_secret)
-            assert len(_children(proc.pid)) == 2
+            assert len(children(proc.pid)) == 2
 
             a1 = ca.issue("a.test")
             api.apply(objects.tls_secret("web", "front", a1.cert_pem, a1.key_pem))
@@ -89,10 +84,7 @@ async def test_workers_serve_the_secret_certificate_from_the_control_process(tmp
         print(log.read_text(errors="replace")[-5000:])
         raise
     finally:
-        if proc is not None and proc.poll() is None:
-            for child in _children(proc.pid):
-                os.kill(child, signal.SIGKILL)
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            kill_tree(proc)
         await echo.stop()
         await api.stop()
